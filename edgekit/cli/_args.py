@@ -1,0 +1,65 @@
+"""Argument types shared by commands: each turns a flag's text into a value or a clear usage error."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def float_triple(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"'{text}' needs one value or three (one per colour channel)")
+    return values  # type: ignore[return-value]
+
+
+def size(text: str) -> int | tuple[int, int]:
+    values = int_list(text)
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return values
+    raise argparse.ArgumentTypeError(f"'{text}' is not a size: give N (shorter side) or H,W")
+
+
+def hw(text: str) -> tuple[int, int]:
+    values = int_list(text)
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) == 2:
+        return values  # type: ignore[return-value]
+    raise argparse.ArgumentTypeError(f"'{text}' is not a crop size: give N or H,W")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def scale(text: str) -> float:
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number (e.g. 0.00392 or 1/255)") from None

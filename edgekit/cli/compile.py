@@ -1,0 +1,81 @@
+"""``edgekit compile``: compile a model for a target into a verified bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edgekit.cli import _args
+
+EPILOG = """examples:
+  edgekit compile model.onnx --target cpu --precision int8 --calib calib/ --val val/ -o model.edgekit
+  edgekit compile model.ts --input-shape 1,3,224,224 --target intel-cpu --precision fp32 -o m.edgekit
+  edgekit compile model.onnx --target intel-npu --spec model.toml --calib calib/ -o npu.edgekit
+
+Preprocessing and labels are stored in the bundle; give them here or in a model-spec TOML (--spec).
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "compile", help="compile a model for a target into a bundle", description=__doc__.split(":", 1)[1].strip(),
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("model", help="ONNX file, TorchScript file (.ts/.pt), or torch.export program (.pt2)")
+    p.add_argument(
+        "-t", "--target", required=True, help="target name or alias (see 'edgekit targets'), or a .toml path"
+    )
+    p.add_argument("-p", "--precision", choices=("fp32", "fp16", "int8"), help="default: the target's default")
+    p.add_argument("-o", "--output", required=True, help="bundle path to write (a folder; one file with --pack)")
+    p.add_argument("--pack", action="store_true", help="write the bundle as one file (a stored zip)")
+    g = p.add_argument_group("data")
+    g.add_argument("--calib", metavar="FOLDER", help="calibration images (searched recursively); needed for int8")
+    g.add_argument("--calib-size", type=_args.positive_int, default=300, metavar="N",
+                   help="calibration images to sample deterministically (default 300)")  # fmt: skip
+    g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="activation range estimation (default minmax)")  # fmt: skip
+    g.add_argument("--val", metavar="FOLDER", help="validation images, one sub-folder a class: accuracy vs FP32")
+    m = p.add_argument_group("model spec (override what the model and --spec say)")
+    m.add_argument("--spec", metavar="TOML", help="model-spec file: name, labels, [input], [preprocess]")
+    m.add_argument("--name", help="model name stored in the bundle")
+    m.add_argument("--input-shape", type=_args.int_list, metavar="N,C,H,W", help="input shape, e.g. 1,3,224,224")
+    m.add_argument("--layout", choices=("NCHW", "NHWC"), help="input layout (default: read from the model)")
+    m.add_argument("--labels", metavar="FILE", help="labels file, one a line (default: --val's class folders)")
+    pre = p.add_argument_group("preprocessing")
+    pre.add_argument("--resize", type=_args.size, metavar="N|H,W", help="shorter side N, or exactly H,W")
+    pre.add_argument("--resize-mode", choices=("bilinear", "nearest", "bicubic", "area"))
+    pre.add_argument("--crop", type=_args.hw, metavar="N|H,W", help="centre crop after the resize")
+    pre.add_argument("--color-order", choices=("RGB", "BGR"), help="channel order the model expects")
+    pre.add_argument("--scale", type=_args.scale, help="pixel multiplier before mean/std (default 1/255)")
+    pre.add_argument("--mean", type=_args.float_triple, metavar="R,G,B", help="per-channel mean")
+    pre.add_argument("--std", type=_args.float_triple, metavar="R,G,B", help="per-channel std")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON when done")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.pipeline import compile_model
+
+    log = None if args.quiet else (lambda msg: print(f"edgekit: {msg}", file=sys.stderr, flush=True))
+    result = compile_model(
+        args.model, target=args.target, precision=args.precision, output=args.output, calib=args.calib,
+        val=args.val, calib_size=args.calib_size, calibration_method=args.calib_method, spec=args.spec,
+        name=args.name, input_shape=args.input_shape, layout=args.layout, labels=args.labels, pack=args.pack,
+        preprocess={"resize": args.resize, "resize_mode": args.resize_mode, "crop": args.crop,
+                    "color_order": args.color_order, "scale": args.scale, "mean": args.mean, "std": args.std},
+        log=log,
+    )  # fmt: skip
+    for warning in result.warnings:
+        print(f"edgekit: warning: {warning}", file=sys.stderr)
+    if args.json:
+        import json
+
+        print(json.dumps(result.manifest, indent=2))
+        return 0
+    from edgekit.cli.inspect import summary_lines
+
+    print(f"wrote {result.path}")
+    for line in summary_lines(result.manifest, brief=True):
+        print(line)
+    return 0

@@ -1,0 +1,103 @@
+"""``edgekit inspect``: show a bundle's target, precision, accuracy, preprocessing and files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="show what a bundle holds", description=__doc__.split(":", 1)[1].strip())
+    p.add_argument("bundle", help="bundle folder or packed file")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--check", action="store_true", help="also load the bundle and run its self-test")
+    p.set_defaults(run=run)
+
+
+def _fmt_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _accuracy_lines(acc: dict[str, Any] | None) -> list[str]:
+    if not acc:
+        return ["accuracy:     not measured (compile with --val FOLDER)"]
+    return [
+        f"accuracy:     top-1 {acc['value']['top1']:.2f}% (FP32 {acc['fp32']['top1']:.2f}%, drop "
+        f"{acc['drop_points']:+.2f} points), top-5 {acc['value']['top5']:.2f}%, "
+        f"agreement with FP32 {acc['agreement_with_fp32']:.2f}%",
+        f"              on {acc['dataset']['images']} images, measured with {acc['measured_with']}",
+    ]
+
+
+def _latency_line(lat: dict[str, Any] | None) -> str:
+    if not lat or not lat.get("measured"):
+        return f"latency:      not measured here: {(lat or {}).get('note', 'no measurement')}"
+    return (
+        f"latency:      batch 1 p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms "
+        f"({lat['what']}, {lat['machine']})"
+    )
+
+
+def summary_lines(m: dict[str, Any], *, brief: bool = False) -> list[str]:
+    t, pre, q = m["target"], m["preprocess"], m["quantization"]
+    lines = [
+        f"model:        {m['model']['name']} ({m['model']['task']}, from {m['model']['source']['format']} "
+        f"{m['model']['source']['file']})",
+        f"target:       {t['name']} ({m['backend']['name']} {m['backend']['version']}, device {t['device']})",
+        f"precision:    {m['precision']['requested']} (runs as: {m['precision']['inference']})",
+        *_accuracy_lines(m["accuracy"]),
+        _latency_line(m["latency"]),
+    ]
+    if brief:
+        return lines
+    inp = m["input"]
+    resize = pre["resize"] if isinstance(pre["resize"], int) else "x".join(map(str, pre["resize"] or []))
+    lines += [
+        f"input:        {inp['name']} {inp['shape']} {inp['layout']} {inp['dtype']}"
+        f"{' (dynamic batch)' if inp['dynamic_batch'] else ''}",
+        f"preprocess:   resize {resize or 'none'} ({pre['resize_mode']}), crop {pre['crop'] or 'none'}, "
+        f"{pre['color_order']}, x{pre['scale']:.6g}, mean {pre['mean']}, std {pre['std']}",
+        f"labels:       {len(m['labels'])}: {', '.join(m['labels'][:10])}{' ...' if len(m['labels']) > 10 else ''}",
+        f"output:       {m['postprocess']['output']} -> {m['postprocess']['activation']}, top-{m['postprocess']['top_k']}",
+    ]
+    if q:
+        cal = q.get("calibration", {})
+        lines += [
+            f"quantization: {q['recipe']} via {q['tool']}",
+            f"              activations {q['activations']}; weights {q['weights']}; "
+            f"calibration {q['calibration_method']} on {cal.get('images', '?')} images",
+            f"              layers kept in higher precision: {', '.join(q['layers_kept_in_higher_precision']) or 'none'}",
+        ]
+    st = m["selftest"]
+    lines.append(f"self-test:    {st['inputs']} {st['source']}, tolerance {st['tolerance']} ({st['check']})")
+    lines.append(f"edgekit:      {m['edgekit_version']}, schema {m['schema_version']}, created {m['created']}")
+    lines.append("files:")
+    lines += [f"  {name:<20} {_fmt_size(e['size']):>10}  sha256 {e['sha256'][:16]}…" for name, e in m["files"].items()]
+    lines += [f"note:         {note}" for note in m.get("notes", [])]
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.bundle import open_bundle
+
+    opened = open_bundle(args.bundle)
+    try:
+        if args.json:
+            print(json.dumps(opened.manifest, indent=2))
+        else:
+            print(f"bundle:       {opened.path} (verified: schema and sha256 of every file; hash {opened.hash[:16]}…)")
+            for line in summary_lines(opened.manifest):
+                print(line)
+    finally:
+        opened.close()
+    if args.check:
+        from edgekit.runtime import load_bundle
+
+        with load_bundle(args.bundle) as bundle:
+            print(bundle.selftest_result.describe())
+    return 0

@@ -1,0 +1,128 @@
+"""Image folders: find images, sample them deterministically, read class-folder trees, preprocess.
+
+Used at build time for calibration and validation; preprocessing is the runtime's own, so calibration
+sees exactly what the device will.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import DataError, UsageError
+from edgekit.spec import ModelSpec
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def find_images(root: str | Path, *, what: str = "image folder") -> list[Path]:
+    """Every JPEG/PNG/BMP/WebP file below ``root``, recursively, in a stable order."""
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"{what} '{root}' does not exist; check the path")
+    if root.is_file():
+        return [root] if root.suffix.lower() in IMAGE_EXTENSIONS else []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def sample(paths: list[Path], n: int, *, root: Path) -> list[Path]:
+    """A deterministic sample of ``n`` paths: the same files on every machine and every run.
+
+    Files are ranked by the sha256 of their path relative to ``root``, so the choice does not depend
+    on numpy's random generator or the file system's listing order.
+    """
+    if n <= 0 or n >= len(paths):
+        return list(paths)
+
+    def rank(p: Path) -> str:
+        rel = p.relative_to(root) if root.is_dir() else p.name
+        return hashlib.sha256(str(rel).replace("\\", "/").encode()).hexdigest()
+
+    return sorted(sorted(paths, key=rank)[:n])
+
+
+def class_folders(root: str | Path) -> list[str]:
+    """Sorted names of the sub-folders of ``root`` that hold images: the labels of a class-folder tree."""
+    root = Path(root)
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and find_images(d))
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images, the files they came from, and the files that could not be read."""
+
+    tensors: np.ndarray
+    paths: list[Path]
+    labels: np.ndarray | None = None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    sha256: str = ""
+
+
+def _load(paths: list[Path], spec: ModelSpec) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]], str]:
+    from edgekit.runtime.preprocess import decode_image, preprocess
+
+    tensors, ok, skipped = [], [], []
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            data = path.read_bytes()
+            image = decode_image(data, name=str(path))
+            tensors.append(preprocess(image, spec.preprocess, spec.input, color_order="BGR"))
+        except (OSError, DataError) as exc:
+            skipped.append((path, str(exc)))
+            continue
+        ok.append(path)
+        digest.update(hashlib.sha256(data).digest())
+    return tensors, ok, skipped, digest.hexdigest()
+
+
+def load_calibration(root: str | Path, spec: ModelSpec, *, size: int, min_images: int = 10) -> ImageSet:
+    """Sample and preprocess calibration images; unreadable files are skipped and counted."""
+    root = Path(root)
+    paths = find_images(root, what="calibration folder")
+    if not paths:
+        raise DataError(
+            f"calibration folder '{root}' holds no JPEG, PNG, BMP or WebP images; point --calib at a "
+            "folder of images like those the model will see"
+        )
+    chosen = sample(paths, size, root=root)
+    tensors, ok, skipped, sha = _load(chosen, spec)
+    if len(ok) < min(min_images, len(chosen)) or not ok:
+        raise DataError(
+            f"calibration folder '{root}': only {len(ok)} of {len(chosen)} images could be read "
+            f"({len(skipped)} unreadable, e.g. {skipped[0][0].name}); at least {min_images} are needed"
+        )
+    return ImageSet(np.stack(tensors), ok, None, skipped, sha)
+
+
+def load_labelled(root: str | Path, spec: ModelSpec, labels: tuple[str, ...]) -> ImageSet:
+    """Preprocess a class-folder tree whose folder names are the model's labels."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"validation folder '{root}' does not exist; pass a folder with one sub-folder a class")
+    folders = class_folders(root)
+    if not folders:
+        raise DataError(
+            f"validation folder '{root}' has no class sub-folders with images; lay it out as {root}/<label>/<image>.jpg"
+        )
+    unknown = [f for f in folders if f not in labels]
+    if unknown:
+        raise DataError(
+            f"validation folder '{root}' has class folders that are not among the model's labels: "
+            f"{', '.join(unknown[:5])}; labels are: {', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''}"
+        )
+    index = {lab: i for i, lab in enumerate(labels)}
+    paths, ids = [], []
+    for folder in folders:
+        for p in find_images(root / folder):
+            paths.append(p)
+            ids.append(index[folder])
+    tensors, ok, skipped, sha = _load(paths, spec)
+    if not ok:
+        raise DataError(f"validation folder '{root}': none of its {len(paths)} images could be read")
+    keep = {p for p in ok}
+    labels_arr = np.array([i for p, i in zip(paths, ids, strict=True) if p in keep], dtype=np.int64)
+    return ImageSet(np.stack(tensors), ok, labels_arr, skipped, sha)

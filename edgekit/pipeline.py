@@ -1,0 +1,393 @@
+"""``compile_model``: from a trained model to a verified bundle for one target and precision."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import spec as specs
+from edgekit._version import __version__
+from edgekit.backends.base import CompileResult, compiler_for, runtime_for
+from edgekit.bundle import SCHEMA_VERSION, BundleWriter
+from edgekit.errors import UsageError
+from edgekit.frontends import LoadedModel, load_model
+from edgekit.imagesets import ImageSet, class_folders, load_calibration, load_labelled
+from edgekit.report import evaluate as ev
+from edgekit.report.latency import measure
+from edgekit.runtime import selftest
+from edgekit.targets import Target, get_target
+
+SELFTEST_INPUTS = 4
+SELFTEST_TOLERANCE = {"fp32": 0.01, "fp16": 0.05, "int8": 0.15}
+Log = Callable[[str], None]
+
+
+@dataclass
+class CompiledBundle:
+    """What ``compile_model`` wrote, and what it found out on the way."""
+
+    path: Path
+    manifest: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _overrides(
+    spec: str | Path | dict | None,
+    *,
+    name: str | None,
+    input_shape: Sequence[int] | None,
+    layout: str | None,
+    labels: str | Path | Sequence[str] | None,
+    preprocess: dict[str, Any] | None,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if isinstance(spec, dict):
+        data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.items()}
+    elif spec is not None:
+        data = specs.load_spec_file(spec)
+    data.setdefault("input", {})
+    data.setdefault("preprocess", {})
+    if name:
+        data["name"] = name
+    if input_shape:
+        data["input"]["shape"] = tuple(int(d) for d in input_shape)
+    if layout:
+        data["input"]["layout"] = layout
+    if preprocess:
+        data["preprocess"].update({k: v for k, v in preprocess.items() if v is not None})
+    if isinstance(labels, (str, Path)):
+        data["labels"] = specs.read_labels_file(labels)
+    elif labels:
+        data["labels"] = tuple(labels)
+    return data
+
+
+def _reference_session(loaded: LoadedModel):
+    """ONNX Runtime FP32 on the source model: the reference every bundle is compared with."""
+    from edgekit.backends.onnxruntime.runtime import make_session
+
+    return make_session(loaded.onnx.SerializeToString())
+
+
+def _check_runs(session, spec: specs.ModelSpec) -> int:
+    """Run a zero input through the FP32 model; return the number of classes it outputs."""
+    x = np.zeros(spec.input.with_batch(1).shape, np.float32)
+    try:
+        out = session.run(None, {spec.input.name: x})[0]
+    except Exception as exc:
+        raise UsageError(
+            f"the model does not run on an input of shape {list(x.shape)} ({str(exc).splitlines()[0][:200]}); "
+            "fix --input-shape or the preprocessing size"
+        ) from None
+    if out.ndim != 2:
+        raise UsageError(
+            f"the model's output has shape {list(out.shape)}; edgekit compiles classifiers "
+            "with an output of (batch, classes)"
+        )
+    return int(out.shape[1])
+
+
+def _resolve_spec(loaded: LoadedModel, overrides: dict[str, Any], val: Path | None, target: Target) -> specs.ModelSpec:
+    if not overrides.get("labels") and val is not None and val.is_dir():
+        overrides["labels"] = tuple(class_folders(val))
+    if loaded.softmax_output:
+        overrides.setdefault("output_kind", "probabilities")
+    spec = specs.build_spec(model_input=loaded.input, overrides=overrides)
+    if target.static_shapes and spec.input.dynamic_batch:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, input=spec.input.with_batch(1))
+    return spec
+
+
+def _eval_device(target: Target, log: Log) -> tuple[str | None, bool, str]:
+    """Where to run the bundle here: (device override, runs on the target itself, description)."""
+    host = f"{platform.machine()} host ({platform.processor() or platform.system()})"
+    if target.backend == "onnxruntime":
+        if target.arch_matches_host():
+            return None, True, f"ONNX Runtime CPU on this {host}"
+        return None, False, f"ONNX Runtime CPU on this {host}, standing in for {target.arch}"
+    if target.backend == "openvino":
+        import openvino as ov
+
+        if target.device in ov.Core().available_devices:
+            return None, True, f"OpenVINO {target.device} on this {host}"
+        log(f"OpenVINO device {target.device} is absent here: accuracy is measured on the CPU plugin instead")
+        return "CPU", False, f"OpenVINO CPU on this {host}, standing in for {target.device}"
+    return None, False, "not run here"
+
+
+def _base_manifest(
+    loaded: LoadedModel,
+    spec: specs.ModelSpec,
+    target: Target,
+    precision: str,
+    result: CompileResult,
+    num_classes: int,
+) -> dict[str, Any]:
+    labels = list(spec.labels) or [f"class_{i}" for i in range(num_classes)]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "edgekit_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": {
+            "name": spec.name,
+            "task": spec.task,
+            "source": {"format": loaded.source_format, "file": loaded.source_name, "sha256": loaded.source_sha256},
+        },
+        "input": {**_asdict(spec.input), "dynamic_batch": spec.input.dynamic_batch},
+        "output": {
+            "name": loaded.onnx.graph.output[0].name,
+            "shape": [-1 if spec.input.dynamic_batch else spec.input.shape[0], num_classes],
+        },
+        "preprocess": _asdict(spec.preprocess),
+        "labels": labels,
+        "postprocess": {
+            "output": spec.output_kind,
+            "activation": "softmax" if spec.output_kind == "logits" else "none",
+            "top_k": min(5, num_classes),
+        },
+        "target": {
+            "name": target.name,
+            "backend": target.backend,
+            "device": target.device,
+            "arch": target.arch,
+            "static_shapes": target.static_shapes,
+            "backend_options": target.backend_options,
+            "file": target.source,
+            "toml": target.text,
+        },
+        "backend": {
+            "name": target.backend,
+            "version": result.backend_version,
+            "model_file": result.model_file,
+            "precision_hint": result.precision_hint,
+        },
+        "precision": {"requested": precision, "inference": result.inference_precision},
+        "quantization": result.quantization,
+        "accuracy": None,
+        "latency": None,
+        "selftest": None,
+        "notes": list(result.notes),
+        "files": {},
+    }
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+
+
+def _accuracy(
+    runtime,
+    reference,
+    spec: specs.ModelSpec,
+    val: ImageSet,
+    labels: list[str],
+    measured_with: str,
+    batch: int,
+) -> dict[str, Any]:
+    ref_out = ev.run_batches(lambda x: reference.run(None, {spec.input.name: x})[0], val.tensors, batch)
+    out = ev.run_batches(runtime.infer, val.tensors, batch)
+    fp32 = ev.evaluate(ref_out, val.labels, labels)
+    this = ev.evaluate(out, val.labels, labels)
+    return {
+        "metric": "top1",
+        "dataset": {"images": len(val.paths), "skipped": len(val.skipped), "sha256": val.sha256},
+        "fp32": fp32.summary(),
+        "value": this.summary(),
+        "drop_points": round(fp32.top1 - this.top1, 3),
+        "agreement_with_fp32": round(ev.agreement(fp32.predictions, this.predictions), 3),
+        "per_class": this.per_class,
+        "fp32_reference": "ONNX Runtime CPU, FP32, the source model",
+        "measured_with": measured_with,
+    }
+
+
+def _selftest(runtime, staging: Path, pool: np.ndarray, precision: str, source: str) -> dict[str, Any]:
+    """Keep the stored inputs whose top-1 is least ambiguous, so a faithful runtime always agrees."""
+    candidates = pool[:64]
+    outputs = np.concatenate([runtime.infer(candidates[i : i + 1]) for i in range(len(candidates))])
+    top2 = np.sort(outputs, axis=1)[:, -2:]
+    margin = (top2[:, 1] - top2[:, 0]) / np.maximum(np.ptp(outputs, axis=1), 1e-6)
+    pick = np.sort(np.argsort(-margin, kind="stable")[:SELFTEST_INPUTS])
+    selftest.save(staging / selftest.SELFTEST_FILE, candidates[pick], outputs[pick].astype(np.float32))
+    return {
+        "file": selftest.SELFTEST_FILE,
+        "inputs": len(pick),
+        "source": source,
+        "tolerance": SELFTEST_TOLERANCE[precision],
+        "check": "max |output - expected| / range(expected) per input, and equal top-1",
+    }
+
+
+def _latency(runtime, spec: specs.ModelSpec, on_target: bool, measured_with: str) -> dict[str, Any]:
+    if not on_target:
+        return {
+            "measured": False,
+            "note": "the target device is not present on this machine; run "
+            "'edgekit bench BUNDLE' on the device to measure it",
+        }
+    x = np.zeros(spec.input.with_batch(1).shape, np.float32)
+    stats = measure(lambda: runtime.infer(x), warmup=20, min_runs=100, seconds=1.0)
+    return {
+        "measured": True,
+        "batch": 1,
+        "what": "model inference on a preprocessed input",
+        "machine": measured_with,
+        **stats,
+    }
+
+
+def compile_model(
+    model: Any,
+    *,
+    target: str | Path | Target,
+    output: str | Path,
+    precision: str | None = None,
+    calib: str | Path | None = None,
+    val: str | Path | None = None,
+    calib_size: int = 300,
+    calibration_method: str = "minmax",
+    spec: str | Path | dict | None = None,
+    name: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    layout: str | None = None,
+    labels: str | Path | Sequence[str] | None = None,
+    preprocess: dict[str, Any] | None = None,
+    pack: bool = False,
+    log: Log | None = None,
+) -> CompiledBundle:
+    """Compile ``model`` (an ONNX/TorchScript/.pt2 path or an nn.Module) for ``target`` into a bundle.
+
+    INT8 is calibrated on ``calib`` (a folder searched recursively; a deterministic sample of
+    ``calib_size`` images). ``val`` (one sub-folder a class) measures accuracy against FP32 and gives the
+    labels unless ``labels`` or the spec file does. The bundle at ``output`` is replaced only once the
+    new one is complete and has passed its self-test.
+    """
+    log = log or (lambda _msg: None)
+    target = target if isinstance(target, Target) else get_target(target)
+    precision = target.check_precision(precision or target.default_precision)
+    if precision == "int8" and calib is None:
+        raise UsageError("int8 needs calibration images: pass --calib FOLDER (images like those the model will see)")
+    if calib_size < 1:
+        raise UsageError(f"--calib-size must be at least 1, not {calib_size}")
+    from edgekit.bundle.writer import check_output_path
+
+    check_output_path(Path(output), pack=pack)
+    val_path = Path(val) if val is not None else None
+    overrides = _overrides(
+        spec, name=name, input_shape=input_shape, layout=layout, labels=labels, preprocess=preprocess
+    )
+    log(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
+    loaded = load_model(model, input_shape=overrides["input"].get("shape"))
+    model_spec = _resolve_spec(loaded, overrides, val_path, target)
+    reference = _reference_session(loaded)
+    num_classes = _check_runs(reference, model_spec)
+    if model_spec.labels and len(model_spec.labels) != num_classes:
+        raise UsageError(
+            f"{len(model_spec.labels)} labels were given but the model outputs {num_classes} "
+            "classes; fix the labels file or the spec"
+        )
+    calibration = None
+    if precision == "int8":
+        log(f"calibrating on up to {calib_size} images from {calib}")
+        calibration = load_calibration(calib, model_spec, size=calib_size)
+    val_set = load_labelled(val_path, model_spec, model_spec.labels) if val_path is not None else None
+    return _build(
+        loaded,
+        model_spec,
+        target,
+        precision,
+        reference,
+        num_classes,
+        calibration,
+        val_set,
+        calibration_method,
+        Path(output),
+        pack,
+        log,
+    )
+
+
+def _build(
+    loaded,
+    model_spec,
+    target,
+    precision,
+    reference,
+    num_classes,
+    calibration,
+    val_set,
+    calibration_method,
+    output,
+    pack,
+    log,
+) -> CompiledBundle:
+    warnings: list[str] = []
+    with BundleWriter(output, pack=pack) as writer:
+        log(f"compiling for {target.name} ({target.backend} {target.device}, {precision})")
+        result = compiler_for(target.backend).compile(
+            loaded.onnx,
+            spec=model_spec,
+            target=target,
+            precision=precision,
+            staging=writer.staging,
+            calibration=calibration,
+            calibration_method=calibration_method,
+        )
+        manifest = _base_manifest(loaded, model_spec, target, precision, result, num_classes)
+        if calibration is not None:
+            manifest["quantization"]["calibration"] = {
+                "images": len(calibration.paths),
+                "skipped_unreadable": len(calibration.skipped),
+                "sha256": calibration.sha256,
+            }
+            if calibration.skipped:
+                warnings.append(f"{len(calibration.skipped)} calibration images could not be read and were skipped")
+        device, on_target, measured_with = _eval_device(target, log)
+        runtime = runtime_for(target.backend).RUNTIME(writer.staging, manifest, device=device)
+        try:
+            batch = 64 if model_spec.input.dynamic_batch else model_spec.input.shape[0]
+            if val_set is not None:
+                log(f"measuring accuracy on {len(val_set.paths)} validation images")
+                manifest["accuracy"] = _accuracy(
+                    runtime, reference, model_spec, val_set, manifest["labels"], measured_with, batch
+                )
+            pool = (
+                calibration.tensors
+                if calibration is not None
+                else (val_set.tensors if val_set is not None else _synthetic(model_spec))
+            )
+            source = (
+                "calibration images"
+                if calibration is not None
+                else ("validation images" if val_set is not None else "seeded random inputs")
+            )
+            manifest["selftest"] = _selftest(runtime, writer.staging, pool, precision, source)
+            manifest["latency"] = _latency(runtime, model_spec, on_target, measured_with)
+        finally:
+            runtime.close()
+        if not on_target:
+            warnings.append(
+                f"{target.name}: the device is not present on this machine, so latency is not "
+                "measured here; accuracy was measured with " + measured_with
+            )
+        manifest["notes"] += warnings
+        path = writer.commit(manifest)
+    return CompiledBundle(path=path, manifest=manifest, warnings=warnings)
+
+
+def _synthetic(model_spec: specs.ModelSpec) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((16, *model_spec.input.shape[1:])).astype(np.float32)
+
+
+__all__ = ["CompiledBundle", "compile_model"]

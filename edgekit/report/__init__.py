@@ -1,0 +1,1 @@
+"""Evaluation, benchmarking and reports."""

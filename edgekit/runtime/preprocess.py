@@ -1,0 +1,101 @@
+"""Image decoding and preprocessing: numpy and OpenCV only.
+
+The same functions prepare calibration images at compile time and camera frames on the device, so a
+bundle is calibrated on exactly what it will see.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgekit.errors import DataError, UsageError
+from edgekit.spec import InputSpec, PreprocessSpec
+
+_INTERP = {
+    "bilinear": cv2.INTER_LINEAR,
+    "nearest": cv2.INTER_NEAREST,
+    "bicubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+}
+
+
+def decode_image(data: bytes, *, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, BMP, WebP) to HWC uint8 BGR, or raise DataError."""
+    if not data:
+        raise DataError(f"{name}: empty file; pass a JPEG, PNG, BMP or WebP image")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{name}: not a decodable image; pass a JPEG, PNG, BMP or WebP image")
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file to HWC uint8 BGR."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"image '{path}' does not exist") from None
+    except OSError as exc:
+        raise DataError(f"image '{path}' cannot be read ({exc.strerror})") from None
+    return decode_image(data, name=str(path))
+
+
+def _resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    if spec.resize is None:
+        return image
+    h, w = image.shape[:2]
+    if isinstance(spec.resize, int):
+        short = min(h, w)
+        size = (round(w * spec.resize / short), round(h * spec.resize / short))
+    else:
+        size = (spec.resize[1], spec.resize[0])
+    if size == (w, h):
+        return image
+    return cv2.resize(image, size, interpolation=_INTERP[spec.resize_mode])
+
+
+def _center_crop(image: np.ndarray, crop: tuple[int, int] | None) -> np.ndarray:
+    if crop is None:
+        return image
+    h, w = image.shape[:2]
+    ch, cw = crop
+    if ch > h or cw > w:
+        raise DataError(f"crop {ch}x{cw} is larger than the resized image {h}x{w}; fix resize or crop")
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[top : top + ch, left : left + cw]
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec, inp: InputSpec, *, color_order: str = "BGR") -> np.ndarray:
+    """HWC uint8 image (``color_order`` BGR or RGB) -> one input tensor without the batch dimension."""
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        color_order = "BGR"
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+        raise UsageError(f"expected an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    if color_order.upper() not in ("BGR", "RGB"):
+        raise UsageError(f"color_order must be 'BGR' or 'RGB', not {color_order!r}")
+    image = _center_crop(_resize(image, spec), spec.crop)
+    if image.shape[:2] != inp.hw:
+        raise DataError(
+            f"preprocessed image is {image.shape[0]}x{image.shape[1]} but the model takes "
+            f"{inp.hw[0]}x{inp.hw[1]}; fix the resize/crop settings"
+        )
+    if color_order.upper() != spec.color_order:
+        image = image[:, :, ::-1]
+    x = image.astype(np.float32) * np.float32(spec.scale)
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    if inp.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=np.dtype(inp.dtype))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

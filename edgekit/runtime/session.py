@@ -1,0 +1,161 @@
+"""Load a bundle and run it: preprocess, infer, postprocess. numpy, OpenCV and one vendor runtime only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.base import runtime_for
+from edgekit.bundle.reader import OpenBundle, open_bundle
+from edgekit.errors import BundleError, UsageError
+from edgekit.runtime import selftest
+from edgekit.runtime.preprocess import preprocess, read_image, softmax
+from edgekit.spec import InputSpec, PreprocessSpec
+
+ImageLike = str | Path | np.ndarray
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one image, best first."""
+
+    top: list[tuple[str, float]]
+    class_ids: list[int]
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+    @property
+    def score(self) -> float:
+        return self.top[0][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "score": round(self.score, 6),
+            "top_k": [
+                {"label": lab, "class_id": cid, "score": round(p, 6)}
+                for (lab, p), cid in zip(self.top, self.class_ids, strict=True)
+            ],
+        }
+
+
+class Bundle:
+    """A verified, loaded bundle. Use ``load_bundle(path)``; close it (or use ``with``) when done."""
+
+    def __init__(self, opened: OpenBundle, *, device: str | None = None, run_selftest: bool = True) -> None:
+        self._opened = opened
+        self.path = opened.path
+        self.manifest = opened.manifest
+        self.hash = opened.hash
+        m = self.manifest
+        self.input = InputSpec(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in m["input"].items()
+                if k in ("name", "shape", "layout", "dtype")
+            }
+        )
+        self.preprocess_spec = PreprocessSpec(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in m["preprocess"].items()}
+        )
+        self.labels: list[str] = list(m["labels"])
+        self.output_kind: str = m["postprocess"].get("output", "logits")
+        runtime_cls = runtime_for(m["backend"]["name"]).RUNTIME
+        self.runtime = runtime_cls(opened.root, m, device=device)
+        self.selftest_result: selftest.SelfTestResult | None = None
+        if run_selftest:
+            self.selftest_result = self.self_test()
+            if not self.selftest_result.passed:
+                self.close()
+                raise BundleError(
+                    f"{self.path}: {self.selftest_result.describe()}; this runtime does not reproduce the "
+                    "compiled model, so the bundle is refused (recompile it for this target)"
+                )
+
+    # -- lifecycle
+    def close(self) -> None:
+        self.runtime.close()
+        self._opened.close()
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- running
+    def self_test(self) -> selftest.SelfTestResult:
+        return selftest.run(self.infer, self._opened.root, self.manifest["selftest"])
+
+    @property
+    def static_batch(self) -> int | None:
+        return None if self.input.dynamic_batch else self.input.shape[0]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run preprocessed input (N, ...) and return raw outputs (N, classes)."""
+        expected = tuple(self.input.shape[1:])
+        if batch.ndim != len(self.input.shape) or tuple(batch.shape[1:]) != expected:
+            raise UsageError(
+                f"input batch has shape {batch.shape}; the model takes (N, {', '.join(map(str, expected))})"
+            )
+        batch = np.ascontiguousarray(batch, dtype=np.dtype(self.input.dtype))
+        step = self.static_batch
+        if step is None or len(batch) == step:
+            return self.runtime.infer(batch)
+        if step != 1:
+            raise UsageError(f"this bundle takes batches of exactly {step}")
+        return np.concatenate([self.runtime.infer(batch[i : i + 1]) for i in range(len(batch))])
+
+    def preprocess(self, image: ImageLike, *, color_order: str = "RGB") -> np.ndarray:
+        """An image path, or an HWC uint8 array in ``color_order`` -> one input tensor (no batch dim)."""
+        if isinstance(image, (str, Path)):
+            image, color_order = read_image(image), "BGR"
+        return preprocess(image, self.preprocess_spec, self.input, color_order=color_order)
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        outputs = outputs.astype(np.float32)
+        return outputs if self.output_kind == "probabilities" else softmax(outputs)
+
+    def predict(self, image: ImageLike, *, top_k: int = 5, color_order: str = "RGB") -> Prediction:
+        """Top-k labels of one image (a path, or an HWC uint8 array in ``color_order``)."""
+        return self.predict_batch([image], top_k=top_k, color_order=color_order)[0]
+
+    def predict_batch(
+        self, images: Sequence[ImageLike], *, top_k: int = 5, color_order: str = "RGB"
+    ) -> list[Prediction]:
+        batch = np.stack([self.preprocess(im, color_order=color_order) for im in images])
+        return self.postprocess(self.infer(batch), top_k=top_k)
+
+    def postprocess(self, outputs: np.ndarray, *, top_k: int = 5) -> list[Prediction]:
+        probs = self.probabilities(outputs)
+        k = max(1, min(top_k, probs.shape[1]))
+        preds = []
+        for row in probs:
+            ids = np.argsort(-row, kind="stable")[:k]
+            preds.append(Prediction([(self._label(i), float(row[i])) for i in ids], [int(i) for i in ids]))
+        return preds
+
+    def _label(self, class_id: int) -> str:
+        return self.labels[class_id] if class_id < len(self.labels) else f"class_{class_id}"
+
+    def describe(self) -> dict[str, Any]:
+        return self.runtime.describe()
+
+
+def load_bundle(path: str | Path, *, device: str | None = None, self_test: bool = True) -> Bundle:
+    """Open, verify (schema, checksums) and load a bundle, then run its self-test unless told not to.
+
+    ``device`` overrides the target's device (OpenVINO: e.g. load an NPU bundle on "CPU" to check it).
+    """
+    opened = open_bundle(path)
+    try:
+        return Bundle(opened, device=device, run_selftest=self_test)
+    except BaseException:
+        opened.close()
+        raise

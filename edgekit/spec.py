@@ -1,0 +1,207 @@
+"""What a model expects: its input tensor, its preprocessing and its labels.
+
+These small dataclasses are shared by build time (frontends, calibration) and run time (the runtime
+applies exactly the preprocessing recorded in the bundle), so they import nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import UsageError
+
+RESIZE_MODES = ("bilinear", "nearest", "bicubic", "area")
+COLOR_ORDERS = ("RGB", "BGR")
+LAYOUTS = ("NCHW", "NHWC")
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputSpec:
+    """The model's image input. A batch dimension of -1 means dynamic."""
+
+    name: str = "input"
+    shape: tuple[int, ...] = (-1, 3, 224, 224)
+    layout: str = "NCHW"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise UsageError(f"input layout '{self.layout}' is not one of {', '.join(LAYOUTS)}")
+        if len(self.shape) != 4:
+            raise UsageError(
+                f"input shape {list(self.shape)} is not 4-D; edgekit compiles image models "
+                "with an input of (batch, channels, height, width) or (batch, height, width, channels)"
+            )
+        if any(d <= 0 for d in self.shape[1:]):
+            raise UsageError(
+                f"input shape {list(self.shape)} has unknown spatial or channel sizes; "
+                "give them with --input-shape, e.g. --input-shape 1,3,224,224"
+            )
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.shape[0] <= 0
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return (self.shape[2], self.shape[3]) if self.layout == "NCHW" else (self.shape[1], self.shape[2])
+
+    @property
+    def channels(self) -> int:
+        return self.shape[1] if self.layout == "NCHW" else self.shape[3]
+
+    def with_batch(self, batch: int) -> InputSpec:
+        return dataclasses.replace(self, shape=(batch, *self.shape[1:]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessSpec:
+    """How an image becomes the input tensor; applied identically at calibration and on the device.
+
+    ``resize`` is (height, width) to resize to exactly, or one int: resize the shorter side to it,
+    keeping the aspect ratio. ``crop`` is a centre crop (height, width) taken after the resize.
+    Pixel values become ``(pixel * scale - mean) / std`` per channel, in ``color_order``.
+    """
+
+    resize: tuple[int, int] | int | None = None
+    resize_mode: str = "bilinear"
+    crop: tuple[int, int] | None = None
+    color_order: str = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise UsageError(f"resize mode '{self.resize_mode}' is not one of {', '.join(RESIZE_MODES)}")
+        if self.color_order not in COLOR_ORDERS:
+            raise UsageError(f"colour order '{self.color_order}' is not one of {', '.join(COLOR_ORDERS)}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise UsageError("mean and std take three values, one per colour channel")
+        if any(s == 0 for s in self.std):
+            raise UsageError("std values must be non-zero")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Everything about a model that is not in its weights."""
+
+    name: str = "model"
+    task: str = "classification"
+    input: InputSpec = field(default_factory=InputSpec)
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    labels: tuple[str, ...] = ()
+    output_kind: str = "logits"  # "logits" (softmax applied after) or "probabilities"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(
+            name=data["name"],
+            task=data["task"],
+            input=_input_from(data["input"]),
+            preprocess=_preprocess_from(data["preprocess"]),
+            labels=tuple(data["labels"]),
+            output_kind=data.get("output_kind", "logits"),
+        )
+
+
+def _tuple_or(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _input_from(data: dict[str, Any]) -> InputSpec:
+    return InputSpec(**{k: _tuple_or(v) for k, v in data.items()})
+
+
+def _preprocess_from(data: dict[str, Any]) -> PreprocessSpec:
+    return PreprocessSpec(**{k: _tuple_or(v) for k, v in data.items()})
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """Read a model-spec TOML into a dict of overrides; unknown keys are errors naming file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"model spec '{path}' does not exist; pass a TOML file (see docs/model-spec.md)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc})") from None
+    allowed = {
+        "": {"name", "task", "labels", "output_kind", "input", "preprocess"},
+        "input.": {f.name for f in dataclasses.fields(InputSpec)},
+        "preprocess.": {f.name for f in dataclasses.fields(PreprocessSpec)},
+    }
+    for prefix, section in (("", data), ("input.", data.get("input", {})), ("preprocess.", data.get("preprocess", {}))):
+        unknown = sorted(set(section) - allowed[prefix])
+        if unknown:
+            raise UsageError(
+                f"{path}: unknown key '{prefix}{unknown[0]}'; allowed: {', '.join(sorted(allowed[prefix]))}"
+            )
+    return data
+
+
+def read_labels_file(path: str | Path) -> tuple[str, ...]:
+    """One label a line; blank lines are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"labels file '{path}' does not exist; pass a text file with one label a line")
+    labels = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not labels:
+        raise UsageError(f"labels file '{path}' is empty; it needs one label a line")
+    return labels
+
+
+def build_spec(
+    *,
+    model_input: dict[str, Any] | None,
+    overrides: dict[str, Any],
+) -> ModelSpec:
+    """Merge what the model says about its input with user overrides (spec file, then flags).
+
+    A user-given shape must agree with the model's where the model fixes a dimension; where the model
+    leaves a dimension open and the user fixes it, the user's value is kept.
+    """
+    inp = dict(model_input or {})
+    user_inp = overrides.get("input", {})
+    if model_input and user_inp.get("shape"):
+        _check_shape(tuple(model_input["shape"]), tuple(user_inp["shape"]))
+    inp.update({k: v for k, v in user_inp.items() if v is not None and k != "shape"})
+    if user_inp.get("shape"):
+        user_shape = tuple(user_inp["shape"])
+        model_shape = tuple(inp.get("shape") or (-1,) * len(user_shape))
+        # Fixed model dims win; open ones take the user's value, but a dynamic batch stays dynamic.
+        inp["shape"] = tuple(
+            m if m > 0 or (i == 0 and model_input) else u
+            for i, (m, u) in enumerate(zip(model_shape, user_shape, strict=False))
+        )
+    if not inp.get("shape"):
+        raise UsageError("the model does not record its input shape; give it with --input-shape 1,3,H,W")
+    input_spec = _input_from(inp)
+    pre = {k: v for k, v in overrides.get("preprocess", {}).items() if v is not None}
+    pre.setdefault("resize", input_spec.hw)
+    return ModelSpec(
+        name=overrides.get("name") or "model",
+        task=overrides.get("task") or "classification",
+        input=input_spec,
+        preprocess=_preprocess_from(pre),
+        labels=tuple(overrides.get("labels") or ()),
+        output_kind=overrides.get("output_kind") or "logits",
+    )
+
+
+def _check_shape(model_shape: tuple[int, ...], user_shape: tuple[int, ...]) -> None:
+    ok = len(model_shape) == len(user_shape) and all(
+        m <= 0 or u <= 0 or m == u for m, u in zip(model_shape, user_shape, strict=False)
+    )
+    if not ok:
+        raise UsageError(
+            f"input shape {list(user_shape)} does not match the model's input {list(model_shape)} "
+            "(-1 is a dynamic dimension); fix --input-shape or the spec file"
+        )

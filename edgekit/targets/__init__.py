@@ -1,0 +1,160 @@
+"""Hardware targets: TOML files loaded into validated, frozen dataclasses.
+
+The shipped files live beside this module. A user's own target is a path to a TOML file of the same form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import UsageError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+_HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hardware:
+    """Published (or, where marked in the file, derived) figures of the target's device."""
+
+    device_name: str = ""
+    int8_tops: float | None = None
+    int8_tops_sparse: float | None = None
+    fp16_tflops: float | None = None
+    fp32_tflops: float | None = None
+    memory_bandwidth_gbs: float | None = None
+    memory_gb: float | None = None
+    compute_capability: str | None = None
+    dla_cores: int = 0
+    jetpack: str | None = None
+    tensorrt: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """A named piece of hardware and the backend that compiles for it."""
+
+    name: str
+    backend: str
+    device: str
+    precisions: tuple[str, ...]
+    default_precision: str
+    description: str = ""
+    vendor: str = ""
+    aliases: tuple[str, ...] = ()
+    arch: str | None = None
+    static_shapes: bool = False
+    hardware: Hardware = field(default_factory=Hardware)
+    backend_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    source: str = ""
+    text: str = field(default="", repr=False, hash=False, compare=False)
+
+    def supports(self, precision: str) -> bool:
+        return precision in self.precisions
+
+    def check_precision(self, precision: str) -> str:
+        """Return the precision if this target supports it, else raise a UsageError naming the choices."""
+        if precision not in PRECISIONS:
+            raise UsageError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+        if precision not in self.precisions:
+            raise UsageError(
+                f"target '{self.name}' does not support {precision}; it supports: {', '.join(self.precisions)}"
+            )
+        return precision
+
+    def arch_matches_host(self) -> bool:
+        """True when the target's CPU architecture (if it names one) is this machine's."""
+        return self.arch is None or self.arch == _host_arch()
+
+
+def _host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _check_keys(data: dict, allowed: set[str], where: str, source: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise UsageError(f"{source}: unknown key '{where}{unknown[0]}'; allowed keys: {', '.join(sorted(allowed))}")
+
+
+def parse_target(text: str, *, source: str) -> Target:
+    """Parse and validate a target file's text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{source}: not valid TOML ({exc}); fix the file's syntax") from None
+    top = _fields(Target) - {"source", "text", "hardware", "backend_options"} | {"hardware", "backend_options"}
+    _check_keys(data, top, "", source)
+    for key in ("name", "backend", "device", "precisions"):
+        if key not in data:
+            raise UsageError(f"{source}: missing required key '{key}'")
+    hw = data.pop("hardware", {})
+    _check_keys(hw, _fields(Hardware), "hardware.", source)
+    if data["backend"] not in BACKENDS:
+        raise UsageError(f"{source}: backend '{data['backend']}' is not one of: {', '.join(BACKENDS)}")
+    precisions = tuple(data.pop("precisions"))
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise UsageError(f"{source}: precisions must be a non-empty list of {', '.join(PRECISIONS)}")
+    default = data.pop("default_precision", precisions[0])
+    if default not in precisions:
+        raise UsageError(f"{source}: default_precision '{default}' is not in precisions {list(precisions)}")
+    try:
+        return Target(
+            **{k: v for k, v in data.items() if k != "aliases"},
+            aliases=tuple(data.get("aliases", ())),
+            precisions=precisions,
+            default_precision=default,
+            hardware=Hardware(**hw),
+            source=source,
+            text=text,
+        )
+    except TypeError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+
+
+@cache
+def _shipped() -> dict[str, Target]:
+    targets = {}
+    for path in sorted(_HERE.glob("*.toml")):
+        target = parse_target(path.read_text(encoding="utf-8"), source=path.name)
+        targets[target.name] = target
+    return targets
+
+
+def list_targets() -> list[Target]:
+    """Every shipped target, sorted by name."""
+    return sorted(_shipped().values(), key=lambda t: t.name)
+
+
+def get_target(name_or_path: str | Path) -> Target:
+    """Look a target up by name, alias, or the path of a TOML file."""
+    key = str(name_or_path)
+    shipped = _shipped()
+    if key in shipped:
+        return shipped[key]
+    for target in shipped.values():
+        if key in target.aliases:
+            return target
+    path = Path(key)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UsageError(f"target file '{path}' does not exist; pass a TOML target file or a known name")
+        return parse_target(path.read_text(encoding="utf-8"), source=str(path))
+    known = ", ".join(t.name + (f" ({', '.join(t.aliases)})" if t.aliases else "") for t in list_targets())
+    raise UsageError(f"target '{key}' not found; known targets: {known} (or pass a path to a .toml file)")
+
+
+__all__ = ["PRECISIONS", "Hardware", "Target", "get_target", "list_targets", "parse_target"]
