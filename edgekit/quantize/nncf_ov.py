@@ -23,13 +23,15 @@ def quantize(
     items = [tensors[i : i + batch] for i in range(0, len(tensors) - batch + 1, batch)]
     ignored = nncf.IgnoredScope(names=list(ignored_names)) if ignored_names else None
     kwargs = {"ignored_scope": ignored} if ignored else {}
-    quantized = nncf.quantize(
-        ov_model,
-        nncf.Dataset(items),
-        subset_size=len(items),
-        preset=nncf.QuantizationPreset.PERFORMANCE,
-        **kwargs,
-    )
+    # NNCF draws progress bars on stdout; keep stdout for the command's own output (e.g. --json).
+    with contextlib.redirect_stdout(sys.stderr):
+        quantized = nncf.quantize(
+            ov_model,
+            nncf.Dataset(items),
+            subset_size=len(items),
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            **kwargs,
+        )
     return quantized, {
         "recipe": "nncf-ptq-performance",
         "tool": f"nncf.quantize (nncf {nncf.__version__})",
