@@ -21,13 +21,14 @@ CIFAR_SPEC = {
 }
 
 
-def tiny_module(seed: int = 0, classes: int = 10):
-    """A small residual conv-net (conv-BN-ReLU, a residual Add, pooling, a linear head), seeded."""
+def _tiny_class():
     import torch
     from torch import nn
 
     class Tiny(nn.Module):
-        def __init__(self) -> None:
+        """A small residual conv-net: conv-BN-ReLU, a residual Add, pooling, a linear head."""
+
+        def __init__(self, classes: int = 10) -> None:
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
             self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
@@ -39,9 +40,20 @@ def tiny_module(seed: int = 0, classes: int = 10):
             x = self.stem(x)
             return self.head(torch.relu(x + self.block(x)))
 
+    Tiny.__module__ = __name__
+    Tiny.__qualname__ = "Tiny"
+    globals()["Tiny"] = Tiny
+    return Tiny
+
+
+def tiny_module(seed: int = 0, classes: int = 10):
+    """The Tiny net with seeded weights and non-trivial BN statistics (so folding matters)."""
+    import torch
+    from torch import nn
+
     torch.manual_seed(seed)
-    model = Tiny()
-    with torch.no_grad():  # non-trivial BN statistics so folding matters
+    model = _tiny_class()(classes)
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)

@@ -23,8 +23,14 @@ def check_output_path(out: Path, *, pack: bool) -> None:
     parent = out.resolve().parent
     if not parent.is_dir():
         raise UsageError(f"cannot write '{out}': folder '{parent}' does not exist; create it or choose another -o")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write '{out}': folder '{parent}' is not writable; choose another -o")
+    try:  # a real probe: permission bits do not tell root, read-only or special file systems apart
+        fd, probe = tempfile.mkstemp(prefix=".edgekit-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write '{out}': folder '{parent}' is not writable ({exc.strerror}); choose another -o"
+        ) from None
     if out.is_dir():
         if pack:
             raise UsageError(f"'{out}' is a folder; --pack writes one file, so choose another -o")

@@ -18,14 +18,10 @@ def load_onnx(path: Path) -> Any:
     if path.stat().st_size == 0:
         raise ModelError(f"model file '{path}' is empty; export the model again")
     try:
-        model = onnx.load(str(path), load_external_data=True)
-    except FileNotFoundError as exc:
-        raise ModelError(
-            f"'{path}' refers to an external-data file that is missing ({exc.filename}); "
-            "keep the .onnx file and its data files in the same folder"
-        ) from None
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}); export it again") from None
+    _load_external_data(model, path)
     if not model.graph.node:
         raise ModelError(f"'{path}' has no graph nodes; it is not a usable ONNX model, export it again")
     check_ops(model, source=str(path))
@@ -35,6 +31,30 @@ def load_onnx(path: Path) -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"'{path}' fails the ONNX checker: {first}; export the model again") from None
     return model
+
+
+def _load_external_data(model: Any, path: Path) -> None:
+    """Load tensors stored in external-data files next to the model, naming any file that is missing."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    locations = set()
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            info = {e.key: e.value for e in tensor.external_data}
+            locations.add(info.get("location", ""))
+    for location in sorted(locations):
+        if not (path.parent / location).is_file():
+            raise ModelError(
+                f"'{path}' refers to an external-data file that is missing ({location}); keep the .onnx file "
+                "and its data files in the same folder"
+            )
+    if locations:
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise ModelError(
+                f"'{path}': its external data cannot be read ({type(exc).__name__}); export it again"
+            ) from None
 
 
 def check_ops(model: Any, *, source: str) -> None:
