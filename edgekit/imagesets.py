@@ -59,12 +59,31 @@ class ImageSet:
     labels: np.ndarray | None = None
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     sha256: str = ""
+    hashes: list[str] = field(default_factory=list)  # sha256 of each used file's bytes
+
+    def subset(self, indices: list[int]) -> ImageSet:
+        """The images at ``indices`` (in that order), with a digest of their own."""
+        digest = hashlib.sha256()
+        for i in indices:
+            digest.update(bytes.fromhex(self.hashes[i]))
+        return ImageSet(
+            self.tensors[indices], [self.paths[i] for i in indices],
+            None if self.labels is None else self.labels[indices], [], digest.hexdigest(),
+            [self.hashes[i] for i in indices],
+        )  # fmt: skip
+
+    def without(self, hashes: set[str]) -> tuple[ImageSet, int]:
+        """Drop images whose bytes are in ``hashes`` (e.g. the calibration images); return how many went."""
+        keep = [i for i, h in enumerate(self.hashes) if h not in hashes]
+        return (self if len(keep) == len(self.hashes) else self.subset(keep)), len(self.hashes) - len(keep)
 
 
-def _load(paths: list[Path], spec: ModelSpec) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]], str]:
+def _load(
+    paths: list[Path], spec: ModelSpec
+) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]], str, list[str]]:
     from edgekit.runtime.preprocess import decode_image, preprocess
 
-    tensors, ok, skipped = [], [], []
+    tensors, ok, skipped, hashes = [], [], [], []
     digest = hashlib.sha256()
     for path in paths:
         try:
@@ -75,8 +94,10 @@ def _load(paths: list[Path], spec: ModelSpec) -> tuple[list[np.ndarray], list[Pa
             skipped.append((path, str(exc)))
             continue
         ok.append(path)
-        digest.update(hashlib.sha256(data).digest())
-    return tensors, ok, skipped, digest.hexdigest()
+        file_hash = hashlib.sha256(data)
+        hashes.append(file_hash.hexdigest())
+        digest.update(file_hash.digest())
+    return tensors, ok, skipped, digest.hexdigest(), hashes
 
 
 def load_calibration(root: str | Path, spec: ModelSpec, *, size: int, min_images: int = 10) -> ImageSet:
@@ -89,13 +110,13 @@ def load_calibration(root: str | Path, spec: ModelSpec, *, size: int, min_images
             "folder of images like those the model will see"
         )
     chosen = sample(paths, size, root=root)
-    tensors, ok, skipped, sha = _load(chosen, spec)
+    tensors, ok, skipped, sha, hashes = _load(chosen, spec)
     if len(ok) < min(min_images, len(chosen)) or not ok:
         raise DataError(
             f"calibration folder '{root}': only {len(ok)} of {len(chosen)} images could be read "
             f"({len(skipped)} unreadable, e.g. {skipped[0][0].name}); at least {min_images} are needed"
         )
-    return ImageSet(np.stack(tensors), ok, None, skipped, sha)
+    return ImageSet(np.stack(tensors), ok, None, skipped, sha, hashes)
 
 
 def load_labelled(root: str | Path, spec: ModelSpec, labels: tuple[str, ...]) -> ImageSet:
@@ -120,9 +141,21 @@ def load_labelled(root: str | Path, spec: ModelSpec, labels: tuple[str, ...]) ->
         for p in find_images(root / folder):
             paths.append(p)
             ids.append(index[folder])
-    tensors, ok, skipped, sha = _load(paths, spec)
+    tensors, ok, skipped, sha, hashes = _load(paths, spec)
     if not ok:
         raise DataError(f"validation folder '{root}': none of its {len(paths)} images could be read")
-    keep = {p for p in ok}
+    keep = set(ok)
     labels_arr = np.array([i for p, i in zip(paths, ids, strict=True) if p in keep], dtype=np.int64)
-    return ImageSet(np.stack(tensors), ok, labels_arr, skipped, sha)
+    return ImageSet(np.stack(tensors), ok, labels_arr, skipped, sha, hashes)
+
+
+def load_unlabelled(root: str | Path, spec: ModelSpec) -> ImageSet:
+    """Every image below ``root`` (no labels): for budgets measured as agreement with FP32."""
+    root = Path(root)
+    paths = find_images(root, what="validation folder")
+    if not paths:
+        raise DataError(f"validation folder '{root}' holds no JPEG, PNG, BMP or WebP images")
+    tensors, ok, skipped, sha, hashes = _load(paths, spec)
+    if not ok:
+        raise DataError(f"validation folder '{root}': none of its {len(paths)} images could be read")
+    return ImageSet(np.stack(tensors), ok, None, skipped, sha, hashes)

@@ -30,10 +30,14 @@ def quantize(
             nncf.Dataset(items),
             subset_size=len(items),
             preset=nncf.QuantizationPreset.PERFORMANCE,
+            # NNCF's full BiasCorrection rather than its default FastBiasCorrection. Measured on the reference
+            # ResNet-20-style net (2,000 CIFAR-10 test images): the fast one cost 1.0 point of top-1 (96.2%
+            # agreement with FP32), the full one 0.05 (99.05%), for a few seconds more at compile time.
+            fast_bias_correction=False,
             **kwargs,
         )
     return quantized, {
-        "recipe": "nncf-ptq-performance",
+        "recipe": "nncf-ptq-performance-full-bias-correction",
         "tool": f"nncf.quantize (nncf {nncf.__version__})",
         "format": "OpenVINO IR with FakeQuantize",
         "activations": "int8 per-tensor symmetric (NNCF PERFORMANCE preset)",
