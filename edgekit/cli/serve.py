@@ -1,0 +1,95 @@
+"""``edgekit serve``: run a bundle on a live source and publish results over HTTP, MQTT and files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from edgekit.serve.config import MQTT_PASSWORD_ENV, OPTIONS, TOKEN_ENV, Option
+
+GROUPS = {
+    "source": "source (TOML table [source])",
+    "": "model and results (TOML top level)",
+    "http": "HTTP server (TOML table [http])",
+    "mqtt": "MQTT (TOML table [mqtt])",
+    "jsonl": "JSON-lines file (TOML table [jsonl])",
+}
+
+EPILOG = f"""\
+examples:
+  edgekit serve model.edgekit --source 0                         USB camera, dashboard on http://127.0.0.1:8080/
+  edgekit serve model.edgekit --source rtsp://cam.local/stream --mqtt mqtt://broker.local/factory
+  edgekit serve model.edgekit --source video.mp4 --loop --realtime --jsonl results.jsonl
+  edgekit serve --config /etc/edgekit/serve.toml                 options from a file; flags override it
+
+endpoints: /  /healthz  /readyz  /metrics  /v1/info  /v1/latest  POST /v1/predict  POST /v1/reload
+           /v1/events (server-sent events)  /v1/stream.mjpg
+MQTT topics: PREFIX/DEVICE_ID/result (one JSON message a result), PREFIX/DEVICE_ID/status (retained
+             online/offline, with a last will)
+signals: SIGTERM/SIGINT stop within 2 s (offline published, sinks flushed, exit 0); SIGHUP reloads the bundle
+environment: {TOKEN_ENV} (the --token), {MQTT_PASSWORD_ENV} (the MQTT password if the URL has none)
+
+config file: TOML; the key of each option is shown beside it, e.g.
+  bundle = "/opt/models/resnet.edgekit"
+  device_id = "cam-01"
+  [source]
+  uri = "/dev/video0"
+  fps = 15
+  [mqtt]
+  url = "mqtt://broker.local/factory"
+  qos = 1
+"""
+
+
+def _help(option: Option) -> str:
+    section, _, name = option.key.rpartition(".")
+    where = f"[{section}] {name}" if section else name
+    shown = "off" if option.default is False else option.default
+    if isinstance(shown, int) and option.flag.endswith(("-bytes", "-body")):
+        shown = f"{shown // 1024**2}MiB"
+    default = "" if option.default is None else f"; default {shown}"
+    return f"{option.help} (TOML: {where}{default})"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run a bundle on a camera or stream; publish over HTTP, MQTT, files",
+        description=__doc__.split(":", 1)[1].strip(),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bundle", nargs="?", help="bundle folder or packed file (TOML: bundle)")
+    p.add_argument("--config", metavar="FILE", help="read options from a TOML file; flags given here override it")
+    p.add_argument("--print-config", action="store_true", help="print the options in effect as JSON and exit")
+    groups = {section: p.add_argument_group(title) for section, title in GROUPS.items()}
+    for option in OPTIONS:
+        group = groups[option.key.rpartition(".")[0]]
+        if option.is_bool:
+            group.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=_help(option))
+        else:
+            group.add_argument(option.flag, default=None, metavar=option.metavar, help=_help(option))
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.serve.config import build_config, load_toml, parse_flags
+
+    file_values = load_toml(args.config) if args.config else {}
+    flag_values = parse_flags(vars(args))
+    if args.bundle:
+        flag_values["bundle"] = args.bundle
+    config = build_config(file_values=file_values, flag_values=flag_values)
+    if args.print_config:
+        shown = dict(vars(config))
+        if shown["token"]:
+            shown["token"] = "***"
+        for key in ("mqtt", "source"):
+            if shown[key]:
+                shown[key] = re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", shown[key])
+        print(json.dumps(shown, indent=2))
+        return 0
+    from edgekit.serve.daemon import serve
+
+    return serve(config)

@@ -1,0 +1,182 @@
+"""The capture thread: read the source, keep only the latest frame, reconnect with backoff.
+
+Inference never waits on a queue of old frames: for a live source the capture thread overwrites the one
+frame slot, and a frame replaced before the worker took it is counted as dropped. So latency stays
+bounded by one inference, whatever the source's rate. A file or folder (without --realtime) is instead
+read at the model's pace: the capture thread waits for the slot to be taken, and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekit.serve.metrics import Metrics
+from edgekit.serve.sources import SourceError, SourceSpec, open_reader, shape_frame
+
+log = logging.getLogger("edgekit.serve")
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray  # HWC uint8 BGR
+    seq: int  # 1, 2, ... over the daemon's life, across reconnects
+    captured_at: float  # wall clock (time.time()), for messages
+    captured_mono: float  # time.perf_counter(), for latencies
+
+
+class LatestFrame:
+    """A one-frame slot: ``put`` replaces, ``get`` waits for a frame it has not returned yet."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+
+    def put(self, frame: Frame) -> bool:
+        """Store ``frame``; True if it replaced one that was never taken (a dropped frame)."""
+        with self._cond:
+            dropped = self._frame is not None
+            self._frame = frame
+            self._cond.notify_all()
+            return dropped
+
+    def put_when_taken(self, frame: Frame, stop: threading.Event) -> None:
+        """Store ``frame`` once the previous one was taken (back-pressure: nothing is dropped)."""
+        with self._cond:
+            while self._frame is not None and not self._closed and not stop.is_set():
+                self._cond.wait(0.1)
+            self._frame = frame
+            self._cond.notify_all()
+
+    def get(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None and not self._closed:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass
+class SourceStatus:
+    connected: bool = False
+    error: str | None = "not opened yet"
+    frames: int = 0  # frames since the last (re)connect
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureOptions:
+    resolution: tuple[int, int] | None = None
+    fps: float | None = None
+    rotate: int = 0
+    loop: bool = False
+    realtime: bool = False
+    reconnect_delay: float = 0.5
+    reconnect_max_delay: float = 30.0
+    timeout: float = 10.0
+    rtsp_transport: str = "tcp"
+
+
+class CaptureLoop:
+    """Runs in its own thread until ``stop`` is set."""
+
+    def __init__(self, spec: SourceSpec, options: CaptureOptions, slot: LatestFrame, metrics: Metrics,
+                 stop: threading.Event) -> None:  # fmt: skip
+        self.spec = spec
+        self.options = options
+        self.slot = slot
+        self.metrics = metrics
+        self.stop = stop
+        self.status = SourceStatus()
+        # A file or folder read without --realtime waits for the model: every frame is inferred, none
+        # dropped, and no decoding is wasted. A live source (or --realtime) cannot wait: the latest wins.
+        self.paced_by_model = not spec.live and not options.realtime
+        self._seq = 0
+        self.thread = threading.Thread(target=self._run, name="edgekit-capture", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        delay = self.options.reconnect_delay
+        first = True
+        while not self.stop.is_set():
+            if not first:
+                self.metrics.source_reconnects.inc()
+            first = False
+            try:
+                reader = open_reader(self.spec, resolution=self.options.resolution, fps=self.options.fps,
+                                     timeout=self.options.timeout, rtsp_transport=self.options.rtsp_transport)  # fmt: skip
+            except SourceError as exc:
+                self._lost(str(exc), delay)
+                delay = min(delay * 2, self.options.reconnect_max_delay)
+                continue
+            try:
+                delivered = self._pump(reader)
+            finally:
+                reader.close()
+            if self.stop.is_set():
+                break
+            if delivered:
+                delay = self.options.reconnect_delay
+            if delivered and self.options.loop and not self.spec.live:
+                first = True  # a loop is not a reconnect
+                continue
+            ended = "ended" if not self.spec.live else "stopped delivering frames"
+            self._lost(f"source '{self.spec.shown}' {ended} after {delivered} frames", delay)
+            if not delivered:
+                delay = min(delay * 2, self.options.reconnect_max_delay)
+        self.metrics.source_connected.set(0)
+
+    def _lost(self, reason: str, delay: float) -> None:
+        self.status.connected, self.status.error = False, reason
+        self.metrics.source_connected.set(0)
+        log.warning("%s; reconnecting in %.1f s", reason, delay)
+        self.stop.wait(delay)
+
+    def _interval(self, reader) -> float:
+        interval = 1.0 / self.options.fps if self.options.fps else 0.0
+        if self.options.realtime and not self.spec.live and reader.nominal_fps:
+            interval = max(interval, 1.0 / reader.nominal_fps)
+        return interval
+
+    def _pump(self, reader) -> int:
+        """Read frames into the slot until the source ends, fails or the daemon stops; return the count."""
+        interval, delivered, last = self._interval(reader), 0, 0.0
+        while not self.stop.is_set():
+            image = reader.read()
+            if image is None:
+                return delivered
+            now = time.perf_counter()
+            if interval and now - last < interval:
+                if self.spec.live:
+                    self.metrics.frames_skipped.inc()
+                    continue
+                self.stop.wait(interval - (now - last))
+                now = time.perf_counter()
+            last = now
+            if not self.status.connected:  # the first frame since start or a loss (a loop is neither)
+                self.status.connected, self.status.error, self.status.frames = True, None, 0
+                self.metrics.source_connected.set(1)
+                log.info("source '%s' connected (%dx%d)", self.spec.shown, image.shape[1], image.shape[0])
+            image = shape_frame(image, rotate=self.options.rotate, resolution=self.options.resolution)
+            self._seq += 1
+            delivered += 1
+            self.status.frames += 1
+            self.metrics.frames_captured.inc()
+            frame = Frame(image, self._seq, time.time(), now)
+            if self.paced_by_model:
+                self.slot.put_when_taken(frame, self.stop)
+            elif self.slot.put(frame):
+                self.metrics.frames_dropped.inc()
+        return delivered

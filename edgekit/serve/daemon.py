@@ -1,0 +1,225 @@
+"""The daemon: wires source -> latest frame -> inference -> publishers, serves HTTP, handles signals.
+
+Threads: capture, inference, one per publisher (http, stream, mqtt, jsonl) and the HTTP server (uvicorn,
+its own event loop). The main thread waits for signals: SIGTERM/SIGINT stop the daemon within 2 s
+(publishing ``offline`` and flushing the sinks), SIGHUP reloads the bundle from the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from edgekit._version import __version__
+from edgekit.errors import UsageError
+from edgekit.serve.capture import CaptureLoop, CaptureOptions, LatestFrame
+from edgekit.serve.config import ServeConfig
+from edgekit.serve.engine import Engine
+from edgekit.serve.live import LiveHub, StreamPublisher
+from edgekit.serve.metrics import Metrics
+from edgekit.serve.pipeline import InferenceWorker
+from edgekit.serve.publishers import Fanout, Publisher
+from edgekit.serve.sources import parse_source
+
+log = logging.getLogger("edgekit.serve")
+STOP_BUDGET = 1.6  # seconds from SIGTERM to exit, leaving margin under the 2 s promise
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a UsageError naming the fix."""
+    host = "127.0.0.1" if host == "localhost" else host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
+    # keep-alive client waits ~40 ms a request (Nagle's algorithm against delayed ACKs).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port or --host") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Daemon:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.stop_event = threading.Event()
+        self.started_at = time.time()
+        self.spec = parse_source(config.source, resolution=config.resolution, fps=config.fps)
+        self.engine = Engine(config.bundle, device=config.device, top_k=config.top_k)
+        self._note_bundle()
+        try:
+            self.sock = bind(config.host, config.port)
+        except BaseException:
+            self.engine.close()
+            raise
+        self.port = self.sock.getsockname()[1]
+        self.hub = LiveHub()
+        self.fanout = Fanout(self._publishers(), self.metrics)
+        self.slot = LatestFrame()
+        options = CaptureOptions(
+            resolution=config.resolution, fps=config.fps, rotate=config.rotate, loop=config.loop,
+            realtime=config.realtime, reconnect_delay=config.reconnect_delay,
+            reconnect_max_delay=config.reconnect_max_delay, timeout=config.source_timeout,
+            rtsp_transport=config.rtsp_transport,
+        )  # fmt: skip
+        self.capture = CaptureLoop(self.spec, options, self.slot, self.metrics, self.stop_event)
+        self.worker = InferenceWorker(engine=self.engine, slot=self.slot, fanout=self.fanout, metrics=self.metrics,
+                                      device_id=config.device_id, stop=self.stop_event)  # fmt: skip
+        self.server = None
+        self._server_thread: threading.Thread | None = None
+        self._reloading = threading.Lock()
+
+    def _publishers(self) -> list[Publisher]:
+        c = self.config
+        publishers: list[Publisher] = [self.hub, StreamPublisher(self.hub, fps=c.stream_fps, quality=c.stream_quality)]
+        if c.mqtt:
+            from edgekit.serve.mqtt import MqttPublisher
+
+            publishers.append(MqttPublisher(
+                c.mqtt, device_id=c.device_id, metrics=self.metrics, qos=c.mqtt_qos, buffer=c.mqtt_buffer,
+                keepalive=c.mqtt_keepalive, client_id=c.mqtt_client_id, ca=c.mqtt_ca, cert=c.mqtt_cert,
+                key=c.mqtt_key, insecure=c.mqtt_insecure,
+            ))  # fmt: skip
+        if c.jsonl:
+            from edgekit.serve.sinks import JsonlSink
+
+            publishers.append(JsonlSink(c.jsonl, max_bytes=c.jsonl_max_bytes, keep=c.jsonl_keep))
+        return publishers
+
+    def _note_bundle(self) -> None:
+        info = self.engine.info
+        self.metrics.bundle_info.replace(1, hash=info["bundle_hash"][:16], model=info["model"]["name"],
+                                         backend=str(info["backend"]))  # fmt: skip
+
+    # -- state the HTTP layer reads
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        status = self.capture.status
+        reasons = []
+        if self.stop_event.is_set():
+            reasons.append("stopping")
+        if not status.connected:
+            reasons.append(f"source not connected: {status.error}")
+        source = {"uri": self.spec.shown, "kind": self.spec.kind, "connected": status.connected,
+                  "error": status.error, "frames_since_connect": status.frames}  # fmt: skip
+        return not reasons, {"reasons": reasons, "source": source, "bundle": self.engine.bundle.hash[:16]}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **self.engine.info,
+            "device_id": self.config.device_id,
+            "source": {"uri": self.spec.shown, "kind": self.spec.kind},
+            "edgekit_serve_version": __version__,
+            "started_at": self.started_at,
+            "bundle_loaded_at": self.engine.loaded_at,
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+    def reload(self) -> tuple[bool, str]:
+        ok, message = self.engine.reload()
+        self.metrics.reloads.inc(result="ok" if ok else "failed")
+        if ok:
+            self._note_bundle()
+        return ok, message
+
+    # -- lifecycle
+    def start(self) -> None:
+        import uvicorn
+
+        from edgekit.serve.http import build_app
+
+        config = uvicorn.Config(build_app(self), log_config=None, access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=1, timeout_keep_alive=5, ws="none")  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self._server_thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                               name="edgekit-http", daemon=True)  # fmt: skip
+        self.fanout.start()
+        self.worker.start()
+        self.capture.start()
+        self._server_thread.start()
+        host = self.sock.getsockname()[0]
+        shown = f"[{host}]" if ":" in host else host
+        log.info("listening on http://%s:%d/ (bundle %s, source %s)", shown, self.port,
+                 self.engine.bundle.hash[:12], self.spec.shown)  # fmt: skip
+
+    def stop(self) -> bool:
+        """Stop everything within STOP_BUDGET seconds; True if every part finished in time."""
+        deadline = time.monotonic() + STOP_BUDGET
+        self.stop_event.set()
+        self.slot.close()
+        self.hub.events.close()
+        self.hub.frames.close()
+        if self.server is not None:
+            self.server.should_exit = True
+        self.worker.thread.join(max(0.0, min(0.5, deadline - time.monotonic())))
+        late = self.fanout.stop(deadline - 0.2)
+        if self._server_thread is not None:
+            self._server_thread.join(max(0.0, deadline - time.monotonic()))
+            if self._server_thread.is_alive():
+                late.append("http")
+        if not self.worker.thread.is_alive():
+            self.engine.close()
+        if late:
+            log.warning("stopped with parts still busy: %s", ", ".join(late))
+        return not late
+
+    def _reload_in_background(self) -> None:
+        if not self._reloading.acquire(blocking=False):
+            log.info("a reload is already running")
+            return
+
+        def work() -> None:
+            try:
+                self.reload()
+            finally:
+                self._reloading.release()
+
+        threading.Thread(target=work, name="edgekit-reload", daemon=True).start()
+
+    def run_until_signal(self) -> int:
+        """Block in the main thread until SIGTERM/SIGINT; SIGHUP reloads the bundle. Returns 0."""
+        requests: list[str] = []
+        wake = threading.Event()
+
+        def on_signal(signum, frame) -> None:
+            requests.append("reload" if signum == signal.SIGHUP else "stop")
+            wake.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, on_signal)
+        self.start()
+        while True:
+            wake.wait(0.5)
+            wake.clear()
+            while requests:
+                if requests.pop(0) == "stop":
+                    log.info("stopping")
+                    self.stop()
+                    log.info("stopped")
+                    return 0
+                log.info("SIGHUP: reloading %s", self.config.bundle)
+                self._reload_in_background()
+            if self._server_thread is not None and not self._server_thread.is_alive():
+                log.error("the HTTP server stopped unexpectedly; stopping")
+                self.stop()
+                return 1
+
+
+def serve(config: ServeConfig) -> int:
+    """Run the daemon in this process until SIGTERM or SIGINT; return the exit code."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s edgekit-serve %(levelname)s %(message)s"))
+    for name in ("edgekit.serve", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(config.log_level.upper())
+        logger.propagate = False
+    return Daemon(config).run_until_signal()

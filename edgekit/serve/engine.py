@@ -1,0 +1,97 @@
+"""The loaded bundle, shared by the inference worker and POST /v1/predict, and swappable at run time.
+
+Runs bundles only through ``edgekit.runtime``. One lock serialises inference: a backend's runtime may
+hold a single infer request (OpenVINO does), and on a small device one model at a time is also the
+fastest. A reload loads and self-tests the new bundle outside the lock, then swaps it in; if loading
+fails, the old bundle keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.runtime import Bundle, Prediction, load_bundle
+
+log = logging.getLogger("edgekit.serve")
+
+
+@dataclass(frozen=True)
+class Inference:
+    prediction: Prediction
+    seconds: float  # preprocess + infer + postprocess
+    bundle_hash: str
+    model: str
+
+
+def summary(bundle: Bundle) -> dict[str, Any]:
+    """The parts of a bundle's manifest a client of the daemon needs."""
+    m = bundle.manifest
+    st = bundle.selftest_result
+    return {
+        "bundle_hash": bundle.hash,
+        "path": str(bundle.path),
+        "model": {"name": m["model"]["name"], "task": m["model"]["task"]},
+        "labels": list(bundle.labels),
+        "input": m["input"],
+        "preprocess": m["preprocess"],
+        "target": {"name": m["target"]["name"], "device": m["target"]["device"]},
+        "backend": m["backend"].get("name"),
+        "runtime": bundle.describe(),
+        "precision": m["precision"],
+        "accuracy": m.get("accuracy"),
+        "selftest": None if st is None else {"passed": st.passed, "summary": st.describe()},
+        "edgekit_version": m.get("edgekit_version"),
+    }
+
+
+class Engine:
+    def __init__(self, path: str, *, device: str | None = None, top_k: int = 3) -> None:
+        self.path = path
+        self.device = device
+        self.top_k = top_k
+        self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self.bundle = load_bundle(path, device=device)
+        self.info = summary(self.bundle)
+        self.loaded_at = time.time()
+
+    def run(self, image: np.ndarray, *, top_k: int | None = None) -> Inference:
+        """One HWC uint8 BGR image -> its top-k labels and the time it took."""
+        with self._lock:
+            bundle = self.bundle
+            start = time.perf_counter()
+            batch = bundle.preprocess(image, color_order="BGR")[None]
+            prediction = bundle.postprocess(bundle.infer(batch), top_k=top_k or self.top_k)[0]
+            seconds = time.perf_counter() - start
+        return Inference(prediction, seconds, bundle.hash, self.info["model"]["name"])
+
+    def reload(self) -> tuple[bool, str]:
+        """Load the bundle at the same path again; swap it in if it verifies. Returns (ok, message)."""
+        with self._reload_lock:
+            try:
+                new = load_bundle(self.path, device=self.device)
+            except EdgekitError as exc:
+                log.error("reload failed, keeping bundle %s: %s", self.bundle.hash[:12], exc)
+                return False, str(exc)
+            except Exception as exc:  # a corrupt file can fail in ways the reader does not foresee
+                log.exception("reload failed, keeping bundle %s", self.bundle.hash[:12])
+                return False, f"{type(exc).__name__}: {exc}"
+            info = summary(new)
+            with self._lock:
+                old, self.bundle, self.info = self.bundle, new, info
+                self.loaded_at = time.time()
+            old.close()
+        message = f"reloaded {self.path}: bundle {old.hash[:12]} -> {new.hash[:12]}"
+        log.info(message)
+        return True, message
+
+    def close(self) -> None:
+        with self._lock:
+            self.bundle.close()

@@ -1,0 +1,210 @@
+"""Frame sources: cameras (V4L2), GStreamer pipelines (CSI), RTSP/HTTP streams, video files, image folders.
+
+``parse_source`` turns the user's text into a ``SourceSpec`` once, at start, and refuses text that can
+never work (a missing file, a pipeline when OpenCV has no GStreamer). ``open_reader`` opens it, and may
+fail at any time (a camera unplugged, a stream down): the capture loop then retries with backoff.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgekit.errors import UsageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+
+
+class SourceError(Exception):
+    """The source cannot be opened or read right now; the capture loop retries."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What to open. ``kind``: camera, gstreamer, network, video or images. ``live`` sources drop extra
+    frames (they cannot be slowed down); files and folders are read at the pace the daemon asks."""
+
+    kind: str
+    uri: str
+    target: str | int
+    live: bool
+    files: tuple[str, ...] = ()
+
+    @property
+    def shown(self) -> str:
+        """The URI with any password masked, for logs and HTTP answers."""
+        return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1:***@", self.uri)
+
+
+def opencv_has_gstreamer() -> bool:
+    info = cv2.getBuildInformation()
+    return bool(re.search(r"GStreamer:\s*YES", info))
+
+
+def argus_pipeline(sensor: int, resolution: tuple[int, int] | None, fps: float | None) -> str:
+    """The Jetson CSI camera pipeline (nvarguscamerasrc) that ``csi://N`` expands to."""
+    width, height = resolution or (1280, 720)
+    rate = max(1, round(fps or 30))
+    return (
+        f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={width}, height={height}, "
+        f"framerate={rate}/1, format=NV12 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! "
+        "video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false"
+    )
+
+
+def _gstreamer(uri: str, pipeline: str) -> SourceSpec:
+    if not opencv_has_gstreamer():
+        raise UsageError(
+            f"source '{uri}' is a GStreamer pipeline, but this OpenCV was built without GStreamer (pip's "
+            "opencv-python is); use the system's OpenCV (JetPack's has GStreamer), or a camera index/RTSP URL"
+        )
+    if "appsink" not in pipeline:
+        pipeline += " ! videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false"
+    return SourceSpec("gstreamer", uri, pipeline, live=True)
+
+
+def _image_files(pattern_or_dir: str) -> tuple[str, ...]:
+    if os.path.isdir(pattern_or_dir):
+        found = (str(p) for p in Path(pattern_or_dir).iterdir())
+    else:
+        found = glob.glob(os.path.expanduser(pattern_or_dir), recursive=True)
+    return tuple(sorted(f for f in found if Path(f).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(f)))
+
+
+def parse_source(text: str | int, *, resolution: tuple[int, int] | None = None, fps: float | None = None) -> SourceSpec:
+    """The user's source text -> a SourceSpec, or a UsageError saying what was expected."""
+    uri = str(text).strip()
+    if re.fullmatch(r"\d+", uri):
+        return SourceSpec("camera", uri, int(uri), live=True)
+    if re.fullmatch(r"/dev/video\d+", uri) or uri.startswith("/dev/v4l/"):
+        return SourceSpec("camera", uri, uri, live=True)
+    if match := re.fullmatch(r"csi://(\d+)", uri):
+        return _gstreamer(uri, argus_pipeline(int(match.group(1)), resolution, fps))
+    if uri.lower().startswith(NETWORK_SCHEMES):
+        return SourceSpec("network", uri, uri, live=True)
+    if " ! " in uri:
+        return _gstreamer(uri, uri)
+    if os.path.isdir(uri) or any(c in uri for c in "*?["):
+        files = _image_files(uri)
+        if not files:
+            raise UsageError(f"source '{uri}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return SourceSpec("images", uri, uri, live=False, files=files)
+    if os.path.isfile(uri):
+        if Path(uri).suffix.lower() in IMAGE_SUFFIXES:
+            return SourceSpec("images", uri, uri, live=False, files=(uri,))
+        return SourceSpec("video", uri, uri, live=False)
+    raise UsageError(
+        f"source '{uri}' is not a camera (0, /dev/video0), csi://N, a GStreamer pipeline, an rtsp:// or "
+        "http(s):// URL, nor an existing video file, image folder or pattern"
+    )
+
+
+class CaptureReader:
+    """An OpenCV VideoCapture: camera, pipeline, network stream or video file."""
+
+    def __init__(self, spec: SourceSpec, *, resolution: tuple[int, int] | None, fps: float | None,
+                 timeout: float, rtsp_transport: str) -> None:  # fmt: skip
+        self.spec = spec
+        self.live = spec.live
+        self.cap = self._open(spec, resolution, fps, timeout, rtsp_transport)
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise SourceError(f"cannot open {spec.kind} source '{spec.shown}'")
+        self.nominal_fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0) or None
+
+    @staticmethod
+    def _open(spec: SourceSpec, resolution, fps, timeout: float, rtsp_transport: str) -> cv2.VideoCapture:
+        if spec.kind == "camera":
+            if isinstance(spec.target, str) and not os.path.exists(spec.target):
+                raise SourceError(f"camera '{spec.target}' does not exist (is it plugged in?)")
+            if isinstance(spec.target, int) and not os.path.exists(f"/dev/video{spec.target}"):
+                raise SourceError(f"camera {spec.target} (/dev/video{spec.target}) does not exist (is it plugged in?)")
+            cap = cv2.VideoCapture(spec.target, cv2.CAP_V4L2)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+            if resolution:
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, resolution[0])
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, resolution[1])
+            if fps:
+                cap.set(cv2.CAP_PROP_FPS, fps)
+            return cap
+        if spec.kind == "gstreamer":
+            return cv2.VideoCapture(str(spec.target), cv2.CAP_GSTREAMER)
+        if spec.kind == "network":
+            if spec.uri.lower().startswith(("rtsp://", "rtsps://")) and FFMPEG_OPTIONS_ENV not in os.environ:
+                os.environ[FFMPEG_OPTIONS_ENV] = f"rtsp_transport;{rtsp_transport}"
+            ms = int(timeout * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            return cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, params)
+        if not os.path.isfile(str(spec.target)):
+            raise SourceError(f"video file '{spec.target}' is gone")
+        return cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG)
+
+    def read(self) -> np.ndarray | None:
+        """The next frame (HWC uint8 BGR), or None when the source ended or failed."""
+        ok, frame = self.cap.read()
+        return frame if ok and frame is not None and frame.size else None
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class ImageReader:
+    """Image files in sorted order; an unreadable file is skipped."""
+
+    live = False
+    nominal_fps = None
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+        self.files = _image_files(spec.uri) if spec.uri != spec.files[0] else spec.files
+        if not self.files:
+            raise SourceError(f"source '{spec.shown}' holds no images now")
+        self.index = 0
+        self.skipped = 0
+
+    def read(self) -> np.ndarray | None:
+        while self.index < len(self.files):
+            path = self.files[self.index]
+            self.index += 1
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
+            if image is not None:
+                return image
+            self.skipped += 1
+        return None
+
+    def close(self) -> None:
+        self.index = len(self.files)
+
+
+Reader = CaptureReader | ImageReader
+
+
+def open_reader(spec: SourceSpec, *, resolution: tuple[int, int] | None = None, fps: float | None = None,
+                timeout: float = 10.0, rtsp_transport: str = "tcp") -> Reader:  # fmt: skip
+    """Open a source now, or raise SourceError (the caller retries)."""
+    if spec.kind == "images":
+        return ImageReader(spec)
+    try:
+        return CaptureReader(spec, resolution=resolution, fps=fps, timeout=timeout, rtsp_transport=rtsp_transport)
+    except cv2.error as exc:
+        raise SourceError(f"cannot open {spec.kind} source '{spec.shown}': {exc}") from None
+
+
+_ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def shape_frame(frame: np.ndarray, *, rotate: int = 0, resolution: tuple[int, int] | None = None) -> np.ndarray:
+    """Resize a frame to ``resolution`` (width, height) if it differs, then rotate it clockwise."""
+    if resolution and (frame.shape[1], frame.shape[0]) != tuple(resolution):
+        frame = cv2.resize(frame, tuple(resolution), interpolation=cv2.INTER_AREA)
+    if rotate:
+        frame = cv2.rotate(frame, _ROTATIONS[rotate])
+    return frame

@@ -1,0 +1,48 @@
+"""The dashboard in a real browser: headless Chromium loads /, and its screenshot must show the stream
+(the test video's magenta frames) and the latest result's text (read back with tesseract OCR)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import cv2
+import numpy as np
+from serve_support import LABELS, require_tool, serve_bundle, start_daemon, video_file, wait_until  # noqa: F401
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--window-size=1100,700"]  # fmt: skip
+
+
+def _screenshot(chromium: str, url: str, out, profile) -> np.ndarray | None:
+    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}", url],
+                   capture_output=True, timeout=60)  # fmt: skip
+    return cv2.imread(str(out)) if out.exists() else None
+
+
+def _magenta_fraction(image: np.ndarray) -> float:
+    return float(np.all(np.abs(image.astype(int) - (255, 0, 255)) < 50, axis=2).mean())
+
+
+def test_dashboard_shows_the_stream_and_the_result(tmp_path, start_daemon, serve_bundle, video_file):  # noqa: F811
+    chromium = require_tool("chromium", "chromium")
+    tesseract = require_tool("tesseract", "tesseract-ocr")
+    daemon = start_daemon([str(serve_bundle), "--source", str(video_file), "--loop", "--realtime", "--token", "t0k"],
+                          token="t0k")  # fmt: skip
+    wait_until(lambda: daemon.get_json("/v1/latest"), timeout=20, what="a result")
+    url = f"http://127.0.0.1:{daemon.port}/?access_token=t0k"
+    shot, shown = None, None
+    for attempt in range(3):  # the first frames may still be on their way when the page is captured
+        shot = _screenshot(chromium, url, tmp_path / f"shot{attempt}.png", tmp_path / f"profile{attempt}")
+        assert shot is not None, "chromium wrote no screenshot"
+        text = subprocess.run([tesseract, str(tmp_path / f"shot{attempt}.png"), "stdout"], capture_output=True,
+                              text=True, timeout=60).stdout  # fmt: skip
+        shown = re.search(r"Latest result\s+(\w+)\s+score (\d+\.\d)%", text)
+        if _magenta_fraction(shot) > 0.15 and shown:
+            break
+    assert _magenta_fraction(shot) > 0.15, "the stream image is not on the page"
+    assert shown, f"no result text on the page; OCR read:\n{text}"
+    assert shown.group(1) in LABELS  # the label the model gave, not the "waiting" placeholder
+    compact = re.sub(r"\s+", "", text)  # OCR may drop the spaces of "End to end"
+    assert all(word in compact for word in ("FPS", "Inference", "Endtoend", "Frame")), text
