@@ -28,6 +28,7 @@ from edgekit.errors import UsageError
 BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("edgekit.backends.onnxruntime.compiler", "edgekit.backends.onnxruntime.runtime"),
     "openvino": ("edgekit.backends.openvino.compiler", "edgekit.backends.openvino.runtime"),
+    "tensorrt": ("edgekit.backends.tensorrt.compiler", "edgekit.backends.tensorrt.runtime"),
 }
 
 
@@ -69,6 +70,7 @@ class CompileResult:
     precision_hint: str | None = None
     quantization: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    build_plan: dict[str, Any] | None = None  # how the device builds its engine (TensorRT), stored in the manifest
 
 
 class Runtime(ABC):

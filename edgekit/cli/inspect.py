@@ -26,6 +26,9 @@ def _fmt_size(n: int) -> str:
 def _accuracy_lines(acc: dict[str, Any] | None) -> list[str]:
     if not acc:
         return ["accuracy:     not measured (compile with --val FOLDER)"]
+    if acc.get("value") is None:
+        return [f"accuracy:     agreement with FP32 {acc['agreement_with_fp32']:.2f}% on {acc['dataset']['images']} "
+                f"unlabelled images, measured with {acc['measured_with']}"]  # fmt: skip
     return [
         f"accuracy:     top-1 {acc['value']['top1']:.2f}% (FP32 {acc['fp32']['top1']:.2f}%, drop "
         f"{acc['drop_points']:+.2f} points), top-5 {acc['value']['top5']:.2f}%, "
@@ -41,6 +44,19 @@ def _latency_line(lat: dict[str, Any] | None) -> str:
         f"latency:      batch 1 p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms "
         f"({lat['what']}, {lat['machine']})"
     )
+
+
+def _build_plan_lines(plan: dict[str, Any] | None) -> list[str]:
+    """The TensorRT build plan (how the device builds its engine) and the equivalent trtexec line."""
+    if not plan:
+        return []
+    from edgekit.backends.tensorrt.build_plan import BuildPlan
+
+    settings, quant = BuildPlan.from_dict(plan).describe()
+    lines = [f"build plan:   {settings}", f"              {quant}", f"trtexec:      {plan['trtexec']}"]
+    if plan.get("trtexec_implicit"):
+        lines.append(f"              implicit INT8 (e.g. DLA): {plan['trtexec_implicit']}")
+    return lines
 
 
 def summary_lines(m: dict[str, Any], *, brief: bool = False) -> list[str]:
@@ -73,6 +89,7 @@ def summary_lines(m: dict[str, Any], *, brief: bool = False) -> list[str]:
             f"calibration {q['calibration_method']} on {cal.get('images', '?')} images",
             f"              layers kept in higher precision: {', '.join(q['layers_kept_in_higher_precision']) or 'none'}",
         ]
+    lines += _build_plan_lines(m["backend"].get("build_plan"))
     st = m["selftest"]
     lines.append(f"self-test:    {st['inputs']} {st['source']}, tolerance {st['tolerance']} ({st['check']})")
     lines.append(f"edgekit:      {m['edgekit_version']}, schema {m['schema_version']}, created {m['created']}")

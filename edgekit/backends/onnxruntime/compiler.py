@@ -58,3 +58,8 @@ def compile(
         quantization=quantization,
         inference_precision={"fp32": "fp32", "fp16": "fp16 (I/O fp32)", "int8": "int8 Q/DQ, fp32 elsewhere"}[precision],
     )
+
+
+def quantizable_layers(model: Any, *, spec: ModelSpec, target: Target) -> list[str]:
+    """The layers an accuracy budget may keep in higher precision (fp32 here), by the names compile takes."""
+    return onnxruntime_qdq.quantizable_layers(model)

@@ -80,3 +80,9 @@ def _actual_precision(xml: Path, target: Target, hint: str, precision: str) -> s
     compiled = core.compile_model(core.read_model(str(xml)), target.device, compile_config(options, hint))
     actual = inference_precision(compiled)
     return f"int8 where quantized, {actual} elsewhere" if precision == "int8" else actual
+
+
+def quantizable_layers(model: Any, *, spec: ModelSpec, target: Target) -> list[str]:
+    """The layers an accuracy budget may keep in higher precision (f32 here), by the names compile takes."""
+    static_batch = 1 if target.static_shapes else None
+    return nncf_ov.quantizable_layers(_to_ov(model, static_batch))

@@ -1,0 +1,1 @@
+"""TensorRT backend (NVIDIA Jetson): the bundle carries ONNX and a build plan; the device builds the engine."""

@@ -1,0 +1,46 @@
+"""The calibration methods TensorRT users expect (entropy, percentile) really change the ranges."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+
+from edgekit.backends.tensorrt import calibration_cache as cc
+from edgekit.quantize import onnxruntime_qdq
+
+
+@pytest.fixture(scope="module")
+def scales_by_method(tiny_onnx, calib_tensors, tmp_path_factory, quantize):
+    import dataclasses
+
+    found, stdout = {}, io.StringIO()
+    for method in ("minmax", "entropy", "percentile"):
+        recipe = dataclasses.replace(onnxruntime_qdq.SYMMETRIC_RECIPE, method=method, percentile=99.9)
+        with contextlib.redirect_stdout(stdout):
+            model, provenance, _ = quantize(tiny_onnx, calib_tensors, tmp_path_factory.mktemp(method), recipe)
+        found[method] = (cc.scales_from_qdq(model), provenance)
+    return found, stdout.getvalue()
+
+
+def test_entropy_and_percentile_clip_below_minmax(scales_by_method):
+    found, _ = scales_by_method
+    minmax = found["minmax"][0]
+    for method in ("entropy", "percentile"):
+        scales = found[method][0]
+        assert set(scales) == set(minmax)
+        assert all(scales[t] <= minmax[t] * (1 + 1e-6) for t in scales), method
+        assert any(scales[t] < minmax[t] * 0.99 for t in scales), f"{method} gave the minmax ranges"
+
+
+def test_provenance_records_the_method_and_its_parameters(scales_by_method):
+    found, _ = scales_by_method
+    assert found["entropy"][1]["calibration_method"] == "entropy"
+    assert found["entropy"][1]["entropy_histogram_bins"] == onnxruntime_qdq.ENTROPY_BINS
+    assert found["percentile"][1]["percentile"] == 99.9
+
+
+def test_onnx_runtime_progress_stays_off_stdout(scales_by_method):
+    _, stdout = scales_by_method
+    assert stdout == ""  # `edgekit compile --json` prints the manifest there and nothing else
