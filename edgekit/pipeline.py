@@ -11,13 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from edgekit import budgeting
 from edgekit import spec as specs
 from edgekit._version import __version__
 from edgekit.backends.base import CompileResult, compiler_for, runtime_for
 from edgekit.bundle import SCHEMA_VERSION, BundleWriter
 from edgekit.errors import UsageError
 from edgekit.frontends import LoadedModel, load_model
-from edgekit.imagesets import ImageSet, class_folders, load_calibration, load_labelled
+from edgekit.imagesets import ImageSet, class_folders, load_calibration, load_labelled, load_unlabelled
+from edgekit.quantize.budget import Budget
 from edgekit.report import evaluate as ev
 from edgekit.report.latency import measure
 from edgekit.runtime import selftest
@@ -25,6 +27,8 @@ from edgekit.targets import Target, get_target
 
 SELFTEST_INPUTS = 4
 SELFTEST_TOLERANCE = {"fp32": 0.01, "fp16": 0.05, "int8": 0.15}
+SIMULATED = "simulated: ONNX Runtime CPU"  # how accuracy is labelled where a backend's simulator stands in
+INT8_DROP_WARNING = 1.0  # points of top-1: a larger simulated INT8 drop compiles with a warning
 Log = Callable[[str], None]
 
 
@@ -108,7 +112,9 @@ def _resolve_spec(loaded: LoadedModel, overrides: dict[str, Any], val: Path | No
 
 def _eval_device(target: Target, log: Log) -> tuple[str | None, bool, str]:
     """Where to run the bundle here: (device override, runs on the target itself, description)."""
-    host = f"{platform.machine()} host ({platform.processor() or platform.system()})"
+    from edgekit.report.machine import cpu_model, usable_cores
+
+    host = f"{platform.machine()} host ({cpu_model()}, {usable_cores()} cores)"
     if target.backend == "onnxruntime":
         if target.arch_matches_host():
             return None, True, f"ONNX Runtime CPU on this {host}"
@@ -120,7 +126,33 @@ def _eval_device(target: Target, log: Log) -> tuple[str | None, bool, str]:
             return None, True, f"OpenVINO {target.device} on this {host}"
         log(f"OpenVINO device {target.device} is absent here: accuracy is measured on the CPU plugin instead")
         return "CPU", False, f"OpenVINO CPU on this {host}, standing in for {target.device}"
+    if target.backend == "tensorrt":
+        from edgekit.backends.tensorrt.runtime import gpu_available
+
+        if gpu_available():
+            return None, True, f"TensorRT on this machine's NVIDIA GPU ({host})"
+        log("TensorRT or an NVIDIA GPU is absent here: the bundle's ONNX runs in ONNX Runtime on the CPU instead")
+        return None, False, SIMULATED
     return None, False, "not run here"
+
+
+def _eval_runtime(target: Target, on_target: bool) -> tuple[type, bool]:
+    """The runtime that measures the bundle here, and whether it is a simulation: the backend's own, or,
+    where the device is absent, the SIMULATOR its compiler offers (TensorRT: ONNX Runtime on the CPU)."""
+    simulator = None if on_target else getattr(compiler_for(target.backend), "SIMULATOR", None)
+    return (simulator or runtime_for(target.backend).RUNTIME), simulator is not None
+
+
+def _drop_warning(accuracy: dict[str, Any], precision: str, threshold: float) -> list[str]:
+    """A warning naming the drop when simulated INT8 top-1 falls more than ``threshold`` points below FP32."""
+    drop = accuracy["drop_points"]
+    if precision != "int8" or drop <= threshold:
+        return []
+    return [
+        f"simulated INT8 top-1 is {drop:.2f} points below FP32 ({accuracy['fp32']['top1']:.2f}% -> "
+        f"{accuracy['value']['top1']:.2f}%), more than {threshold:g}; try --calib-method entropy or "
+        "percentile, or more calibration images"
+    ]
 
 
 def _base_manifest(
@@ -168,6 +200,7 @@ def _base_manifest(
             "version": result.backend_version,
             "model_file": result.model_file,
             "precision_hint": result.precision_hint,
+            **({"build_plan": result.build_plan} if result.build_plan else {}),
         },
         "precision": {"requested": precision, "inference": result.inference_precision},
         "quantization": result.quantization,
@@ -196,11 +229,19 @@ def _accuracy(
 ) -> dict[str, Any]:
     ref_out = ev.run_batches(lambda x: reference.run(None, {spec.input.name: x})[0], val.tensors, batch)
     out = ev.run_batches(runtime.infer, val.tensors, batch)
+    dataset = {"images": len(val.paths), "skipped": len(val.skipped), "sha256": val.sha256}
+    if val.labels is None:  # unlabelled images: only agreement with FP32 can be measured
+        return {
+            "metric": "agreement_with_fp32", "dataset": {**dataset, "labelled": False}, "fp32": None, "value": None,
+            "drop_points": None, "agreement_with_fp32": round(ev.agreement(ref_out.argmax(1), out.argmax(1)), 3),
+            "per_class": {}, "fp32_reference": "ONNX Runtime CPU, FP32, the source model",
+            "measured_with": measured_with,
+        }  # fmt: skip
     fp32 = ev.evaluate(ref_out, val.labels, labels)
     this = ev.evaluate(out, val.labels, labels)
     return {
         "metric": "top1",
-        "dataset": {"images": len(val.paths), "skipped": len(val.skipped), "sha256": val.sha256},
+        "dataset": dataset,
         "fp32": fp32.summary(),
         "value": this.summary(),
         "drop_points": round(fp32.top1 - this.top1, 3),
@@ -256,6 +297,8 @@ def compile_model(
     val: str | Path | None = None,
     calib_size: int = 300,
     calibration_method: str = "minmax",
+    max_accuracy_drop: str | float | None = None,
+    min_agreement: str | float | None = None,
     spec: str | Path | dict | None = None,
     name: str | None = None,
     input_shape: Sequence[int] | None = None,
@@ -264,17 +307,21 @@ def compile_model(
     preprocess: dict[str, Any] | None = None,
     pack: bool = False,
     log: Log | None = None,
+    int8_drop_warning: float = INT8_DROP_WARNING,
 ) -> CompiledBundle:
     """Compile ``model`` (an ONNX/TorchScript/.pt2 path or an nn.Module) for ``target`` into a bundle.
 
     INT8 is calibrated on ``calib`` (a folder searched recursively; a deterministic sample of
     ``calib_size`` images). ``val`` (one sub-folder a class) measures accuracy against FP32 and gives the
-    labels unless ``labels`` or the spec file does. The bundle at ``output`` is replaced only once the
-    new one is complete and has passed its self-test.
+    labels unless ``labels`` or the spec file does. ``max_accuracy_drop`` (top-1 points, or "B%" relative)
+    or ``min_agreement`` (% top-1 agreement with FP32; ``val`` may then be unlabelled) sets an accuracy
+    budget: the most sensitive layers go back to higher precision until it holds. The bundle at ``output``
+    is replaced only once the new one is complete and has passed its self-test.
     """
     log = log or (lambda _msg: None)
     target = target if isinstance(target, Target) else get_target(target)
     precision = target.check_precision(precision or target.default_precision)
+    budget = _budget(max_accuracy_drop, min_agreement, precision, val)
     if precision == "int8" and calib is None:
         raise UsageError("int8 needs calibration images: pass --calib FOLDER (images like those the model will see)")
     if calib_size < 1:
@@ -297,92 +344,166 @@ def compile_model(
             "classes; fix the labels file or the spec"
         )
     calibration = None
-    if precision == "int8":
-        log(f"calibrating on up to {calib_size} images from {calib}")
+    if calib is not None:  # INT8 calibrates on them; every precision takes its self-test inputs from them
+        log(f"reading up to {calib_size} calibration images from {calib}")
         calibration = load_calibration(calib, model_spec, size=calib_size)
-    val_set = load_labelled(val_path, model_spec, model_spec.labels) if val_path is not None else None
-    return _build(
-        loaded,
-        model_spec,
-        target,
-        precision,
-        reference,
-        num_classes,
-        calibration,
-        val_set,
-        calibration_method,
-        Path(output),
-        pack,
-        log,
-    )
+    job = _Job(
+        loaded=loaded, spec=model_spec, target=target, precision=precision, reference=reference,
+        num_classes=num_classes, calibration=calibration, val_set=_validation(val_path, model_spec, budget),
+        val_root=val_path, calibration_method=calibration_method, output=Path(output), pack=pack, log=log,
+        int8_drop_warning=int8_drop_warning, budget=budget,
+    )  # fmt: skip
+    return _build(job)
 
 
-def _build(
-    loaded,
-    model_spec,
-    target,
-    precision,
-    reference,
-    num_classes,
-    calibration,
-    val_set,
-    calibration_method,
-    output,
-    pack,
-    log,
-) -> CompiledBundle:
+def _budget(max_drop, min_agreement, precision: str, val) -> Budget | None:
+    if max_drop is None and min_agreement is None:
+        return None
+    if max_drop is not None and min_agreement is not None:
+        raise UsageError("give one budget: --max-accuracy-drop or --min-agreement, not both")
+    flag = "--max-accuracy-drop" if max_drop is not None else "--min-agreement"
+    budget = Budget.max_accuracy_drop(max_drop) if max_drop is not None else Budget.min_agreement(min_agreement)
+    if val is None:
+        raise UsageError(f"{flag} needs validation images to measure it on: pass --val FOLDER")
+    if precision != "int8":
+        raise UsageError(f"{flag} applies to int8 compiles (it returns INT8 layers to higher precision)")
+    return budget
+
+
+def _validation(val_path: Path | None, spec: specs.ModelSpec, budget: Budget | None) -> ImageSet | None:
+    """Labelled images (class folders), or, for an agreement budget, any images when they have no labels."""
+    if val_path is None:
+        return None
+    if budget is not None and not budget.needs_labels:
+        folders = class_folders(val_path) if val_path.is_dir() else []
+        if not folders or not set(folders) <= set(spec.labels):
+            return load_unlabelled(val_path, spec)
+    return load_labelled(val_path, spec, spec.labels)
+
+
+@dataclass
+class _Job:
+    """Everything one compile needs once its inputs are loaded and checked."""
+
+    loaded: LoadedModel
+    spec: specs.ModelSpec
+    target: Target
+    precision: str
+    reference: Any
+    num_classes: int
+    calibration: ImageSet | None
+    val_set: ImageSet | None
+    val_root: Path | None
+    calibration_method: str
+    output: Path
+    pack: bool
+    log: Log
+    int8_drop_warning: float = INT8_DROP_WARNING
+    budget: Budget | None = None
+
+    def compile_into(self, staging: Path, excluded: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Compile into ``staging`` with ``excluded`` layers in higher precision; return the manifest so far."""
+        result = compiler_for(self.target.backend).compile(
+            self.loaded.onnx, spec=self.spec, target=self.target, precision=self.precision, staging=staging,
+            calibration=self.calibration, calibration_method=self.calibration_method,
+            keep_in_higher_precision=excluded,
+        )  # fmt: skip
+        return _base_manifest(self.loaded, self.spec, self.target, self.precision, result, self.num_classes)
+
+    def reference_infer(self, x: np.ndarray) -> np.ndarray:
+        return self.reference.run(None, {self.spec.input.name: x})[0]
+
+
+def _apply_budget(job: _Job, device, on_target: bool, measured_with: str) -> tuple[tuple[str, ...], dict, list[str]]:
+    """Run the accuracy-budget search on trial bundles; return the layers to keep in higher precision."""
+    images, overlap = job.val_set.without(set(job.calibration.hashes))
+    runtime_cls, _ = _eval_runtime(job.target, on_target)
+
+    def trial(folder: Path, excluded: tuple[str, ...]):
+        manifest = job.compile_into(folder, excluded)
+        return runtime_cls(folder, manifest, device=device)
+
+    trials = budgeting.Trials(trial, on_target, job.spec.input.shape)
+    try:
+        search_part, check_part = budgeting.parts(images, job.val_root, job.reference_infer)
+        layers = budgeting.layers_for(job.loaded.onnx, job.spec, job.target)
+        job.log(f"accuracy budget: {job.budget.describe()}; {len(layers)} quantized layers, "
+                f"{len(search_part.tensors)} search and {len(check_part.tensors)} check images")  # fmt: skip
+        excluded, record, warnings = budgeting.run(
+            budget=job.budget, layers=layers, trials=trials, search_part=search_part, check_part=check_part,
+            backend=job.target.backend, measured_with=measured_with, log=job.log,
+        )  # fmt: skip
+    finally:
+        trials.close()
+    record["validation_images_also_in_calibration_set_excluded"] = overlap
+    return excluded, record, warnings
+
+
+def _build(job: _Job) -> CompiledBundle:
     warnings: list[str] = []
-    with BundleWriter(output, pack=pack) as writer:
-        log(f"compiling for {target.name} ({target.backend} {target.device}, {precision})")
-        result = compiler_for(target.backend).compile(
-            loaded.onnx,
-            spec=model_spec,
-            target=target,
-            precision=precision,
-            staging=writer.staging,
-            calibration=calibration,
-            calibration_method=calibration_method,
-        )
-        manifest = _base_manifest(loaded, model_spec, target, precision, result, num_classes)
-        if calibration is not None:
-            manifest["quantization"]["calibration"] = {
-                "images": len(calibration.paths),
-                "skipped_unreadable": len(calibration.skipped),
-                "sha256": calibration.sha256,
-            }
-            if calibration.skipped:
-                warnings.append(f"{len(calibration.skipped)} calibration images could not be read and were skipped")
-        device, on_target, measured_with = _eval_device(target, log)
-        runtime = runtime_for(target.backend).RUNTIME(writer.staging, manifest, device=device)
+    device, on_target, measured_with = _eval_device(job.target, job.log)
+    excluded, budget_record = (), None
+    if job.budget is not None:
+        excluded, budget_record, budget_warnings = _apply_budget(job, device, on_target, measured_with)
+        warnings += budget_warnings
+    with BundleWriter(job.output, pack=job.pack) as writer:
+        job.log(f"compiling for {job.target.name} ({job.target.backend} {job.target.device}, {job.precision})")
+        manifest = job.compile_into(writer.staging, excluded)
+        warnings += _record_calibration(manifest, job.calibration)
+        if budget_record is not None:
+            manifest["quantization"]["budget"] = budget_record
+        runtime_cls, simulated = _eval_runtime(job.target, on_target)
+        runtime = runtime_cls(writer.staging, manifest, device=device)
         try:
-            batch = 64 if model_spec.input.dynamic_batch else model_spec.input.shape[0]
-            if val_set is not None:
-                log(f"measuring accuracy on {len(val_set.paths)} validation images")
-                manifest["accuracy"] = _accuracy(
-                    runtime, reference, model_spec, val_set, manifest["labels"], measured_with, batch
-                )
-            pool = (
-                calibration.tensors
-                if calibration is not None
-                else (val_set.tensors if val_set is not None else _synthetic(model_spec))
-            )
-            source = (
-                "calibration images"
-                if calibration is not None
-                else ("validation images" if val_set is not None else "seeded random inputs")
-            )
-            manifest["selftest"] = _selftest(runtime, writer.staging, pool, precision, source)
-            manifest["latency"] = _latency(runtime, model_spec, on_target, measured_with)
+            warnings += _measure(job, runtime, manifest, writer.staging, measured_with, on_target, simulated)
         finally:
             runtime.close()
         if not on_target:
             warnings.append(
-                f"{target.name}: the device is not present on this machine, so latency is not "
+                f"{job.target.name}: the device is not present on this machine, so latency is not "
                 "measured here; accuracy was measured with " + measured_with
             )
         manifest["notes"] += warnings
         path = writer.commit(manifest)
     return CompiledBundle(path=path, manifest=manifest, warnings=warnings)
+
+
+def _record_calibration(manifest: dict[str, Any], calibration: ImageSet | None) -> list[str]:
+    if calibration is None or manifest["quantization"] is None:
+        return []
+    manifest["quantization"]["calibration"] = {
+        "images": len(calibration.paths),
+        "skipped_unreadable": len(calibration.skipped),
+        "sha256": calibration.sha256,
+    }
+    if calibration.skipped:
+        return [f"{len(calibration.skipped)} calibration images could not be read and were skipped"]
+    return []
+
+
+def _measure(job: _Job, runtime, manifest, staging: Path, measured_with: str, on_target: bool, simulated: bool):
+    """Accuracy on the validation images, the self-test inputs and the latency, into the manifest."""
+    warnings: list[str] = []
+    spec, val_set = job.spec, job.val_set
+    batch = 64 if spec.input.dynamic_batch else spec.input.shape[0]
+    if val_set is not None:
+        job.log(f"measuring accuracy on {len(val_set.paths)} validation images")
+        manifest["accuracy"] = _accuracy(
+            runtime, job.reference, spec, val_set, manifest["labels"], measured_with, batch
+        )
+        if simulated:
+            manifest["accuracy"]["simulated"] = True
+            if val_set.labels is not None:
+                warnings += _drop_warning(manifest["accuracy"], job.precision, job.int8_drop_warning)
+    if job.calibration is not None:
+        pool, source = job.calibration.tensors, "calibration images"
+    elif val_set is not None:
+        pool, source = val_set.tensors, "validation images"
+    else:
+        pool, source = _synthetic(spec), "seeded random inputs"
+    manifest["selftest"] = _selftest(runtime, staging, pool, job.precision, source)
+    manifest["latency"] = _latency(runtime, spec, on_target, measured_with)
+    return warnings
 
 
 def _synthetic(model_spec: specs.ModelSpec) -> np.ndarray:

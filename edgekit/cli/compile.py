@@ -35,6 +35,18 @@ def add_parser(sub) -> None:
     g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="activation range estimation (default minmax)")  # fmt: skip
     g.add_argument("--val", metavar="FOLDER", help="validation images, one sub-folder a class: accuracy vs FP32")
+    b = p.add_argument_group(
+        "accuracy budget (int8; needs --val; the most sensitive layers return to higher precision)"
+    )
+    bx = b.add_mutually_exclusive_group()
+    bx.add_argument(
+        "--max-accuracy-drop",
+        metavar="B",
+        help="top-1 points of drop allowed vs FP32 (labelled --val); B%% is relative",
+    )
+    bx.add_argument(
+        "--min-agreement", metavar="A", help="minimum %% top-1 agreement with FP32 (--val may be unlabelled frames)"
+    )
     m = p.add_argument_group("model spec (override what the model and --spec say)")
     m.add_argument("--spec", metavar="TOML", help="model-spec file: name, labels, [input], [preprocess]")
     m.add_argument("--name", help="model name stored in the bundle")
@@ -60,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda msg: print(f"edgekit: {msg}", file=sys.stderr, flush=True))
     result = compile_model(
         args.model, target=args.target, precision=args.precision, output=args.output, calib=args.calib,
-        val=args.val, calib_size=args.calib_size, calibration_method=args.calib_method, spec=args.spec,
+        val=args.val, calib_size=args.calib_size, calibration_method=args.calib_method,
+        max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement, spec=args.spec,
         name=args.name, input_shape=args.input_shape, layout=args.layout, labels=args.labels, pack=args.pack,
         preprocess={"resize": args.resize, "resize_mode": args.resize_mode, "crop": args.crop,
                     "color_order": args.color_order, "scale": args.scale, "mean": args.mean, "std": args.std},

@@ -64,10 +64,24 @@ class Budget:
     def allowed_drop(self, fp32_top1: float) -> float:
         return self.value * fp32_top1 / 100.0 if self.relative else self.value
 
-    def holds(self, figures: Figures) -> bool:
+    def holds(self, figures: Figures, *, margin: float = 0.0) -> bool:
+        """Whether the budget holds, with ``margin`` points to spare (the search asks for one standard error)."""
         if self.metric == "agreement":
-            return figures.agreement >= self.value - 1e-9
-        return figures.drop <= self.allowed_drop(figures.fp32_top1) + 1e-9
+            return figures.agreement - margin >= self.value - 1e-9
+        return figures.drop + margin <= self.allowed_drop(figures.fp32_top1) + 1e-9
+
+    def margin(self, images: int) -> float:
+        """One standard error, in points, of the budget's figure measured on ``images`` images.
+
+        Agreement: sqrt(p (1 - p) / n) at the budget's p. Drop: a paired difference whose discordant rate is
+        about 1 - p; the search measures at the budget's edge, so sqrt((1 - p) / n) with p = 0.99 is used.
+        Asking the search part for this much to spare is what keeps the budget holding on images it never saw.
+        """
+        if images <= 0:
+            return 0.0
+        p = self.value / 100.0 if self.metric == "agreement" else 0.99
+        spread = p * (1 - p) if self.metric == "agreement" else (1 - p)
+        return 100.0 * math.sqrt(spread / images)
 
     def describe(self) -> str:
         if self.metric == "agreement":
@@ -144,6 +158,7 @@ class SearchResult:
     ranking: list[dict[str, Any]] = field(default_factory=list)
     curve: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    margin: float = 0.0
 
 
 class BudgetNotMet(EdgekitError):
@@ -171,11 +186,12 @@ def search(
         infer = build(excluded)
         return part.figures(_outputs(infer, part.tensors, batch)), infer
 
+    margin = budget.margin(len(part.tensors))
     naive, infer = measure(())
     curve = [_point(0, (), naive, infer, latency)]
-    log(f"naive INT8: {_fmt(naive)}; budget: {budget.describe()}")
-    if budget.holds(naive):
-        return SearchResult((), naive, naive, [], curve, time.perf_counter() - t0)
+    log(f"naive INT8: {_fmt(naive)}; budget: {budget.describe()}, searched with {margin:.2f} points to spare")
+    if budget.holds(naive, margin=margin):
+        return SearchResult((), naive, naive, [], curve, time.perf_counter() - t0, margin)
     ranking = _rank(layers, measure, budget, log)
     excluded: list[str] = []
     figures = naive
@@ -184,15 +200,15 @@ def search(
         figures, infer = measure(tuple(excluded))
         curve.append(_point(len(excluded), tuple(excluded), figures, infer, latency))
         log(f"{len(excluded)} layer(s) in higher precision: {_fmt(figures)}")
-        if budget.holds(figures):
+        if budget.holds(figures, margin=margin):
             break
-    else:
+    if not budget.holds(figures, margin=margin) and not budget.holds(figures):
         raise BudgetNotMet(
             f"the budget ({budget.describe()}) does not hold even with all {len(layers)} quantized layers in "
             f"higher precision (best reached: {_fmt(figures)}); relax the budget or compile in fp16/fp32"
         )
-    excluded, figures = _prune(excluded, figures, measure, budget)
-    return SearchResult(tuple(excluded), naive, figures, ranking, curve, time.perf_counter() - t0)
+    excluded, figures = _prune(excluded, figures, measure, budget, margin)
+    return SearchResult(tuple(excluded), naive, figures, ranking, curve, time.perf_counter() - t0, margin)
 
 
 def _score(figures: Figures, budget: Budget) -> float:
@@ -210,13 +226,15 @@ def _rank(layers: list[str], measure, budget: Budget, log) -> list[dict[str, Any
     return [{"layer": layer, **figures.to_dict()} for _, _, layer, figures in scored]
 
 
-def _prune(excluded: list[str], figures: Figures, measure, budget: Budget) -> tuple[list[str], Figures]:
+def _prune(excluded: list[str], figures: Figures, measure, budget: Budget, margin: float) -> tuple[list[str], Figures]:
     """Drop any reverted layer (least sensitive first) that the budget does not need."""
+    if not budget.holds(figures, margin=margin):  # every layer reverted and only the bare budget holds
+        return excluded, figures
     kept = list(excluded)
     for layer in reversed(excluded[:-1]):
         trial = tuple(x for x in kept if x != layer)
         trial_figures, _ = measure(trial)
-        if budget.holds(trial_figures):
+        if budget.holds(trial_figures, margin=margin):
             kept, figures = list(trial), trial_figures
     return kept, figures
 

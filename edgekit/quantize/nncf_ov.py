@@ -45,3 +45,11 @@ def quantize(
         "calibration_method": "minmax",
         "layers_kept_in_higher_precision": sorted(ignored_names),
     }
+
+
+WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
+
+
+def quantizable_layers(ov_model: Any) -> list[str]:
+    """Friendly names of the weighted ops NNCF quantizes, in graph order: what ``IgnoredScope`` names."""
+    return [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() in WEIGHTED_OPS]

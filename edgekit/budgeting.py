@@ -1,0 +1,125 @@
+"""Apply an accuracy budget inside ``compile_model``: split the validation images, run the search on real
+trial bundles of the target's own backend (or its simulator), and confirm on the images the search never saw.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.base import compiler_for
+from edgekit.imagesets import ImageSet
+from edgekit.quantize import budget as bud
+from edgekit.report.latency import measure
+
+# What "higher precision" means per backend: FP16 where the target runs it fast, else FP32.
+HIGHER_PRECISION = {"tensorrt": "fp16", "openvino": "fp32 (f32 inference hint)", "onnxruntime": "fp32"}
+
+
+@dataclass
+class Trials:
+    """Builds trial bundles in a scratch folder and keeps their runtimes until closed."""
+
+    compile_trial: Callable[[Path, tuple[str, ...]], Any]  # (folder, excluded) -> a Runtime
+    on_target: bool
+    spec_input_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-budget-")
+        self._runtimes: list[Any] = []
+        self.count = 0
+
+    def build(self, excluded: tuple[str, ...]):
+        self.count += 1
+        folder = Path(self._tmp.name) / f"trial-{self.count}"
+        folder.mkdir()
+        runtime = self.compile_trial(folder, excluded)
+        self._runtimes.append(runtime)
+        return runtime.infer
+
+    def latency(self, infer) -> float:
+        x = np.zeros((1, *self.spec_input_shape[1:]), np.float32)
+        return measure(lambda: infer(x), warmup=5, min_runs=30, seconds=0.2)["p50_ms"]
+
+    def close(self) -> None:
+        for runtime in self._runtimes:
+            runtime.close()
+        self._tmp.cleanup()
+
+
+def parts(images: ImageSet, root: Path, reference: Callable[[np.ndarray], np.ndarray]) -> tuple[bud.Part, bud.Part]:
+    """The search and check parts of the validation images, with the FP32 model's outputs on each."""
+    search_idx, check_idx = bud.split(images.paths, root)
+    if len(search_idx) < 10 or len(check_idx) < 10:
+        from edgekit.errors import DataError
+
+        raise DataError(
+            f"an accuracy budget needs at least 20 validation images outside the calibration set ({len(images.paths)} "
+            "were usable); give --val more images"
+        )
+
+    def part(idx: list[int]) -> bud.Part:
+        sub = images.subset(idx)
+        outputs = np.concatenate([reference(sub.tensors[i : i + 64]) for i in range(0, len(sub.tensors), 64)])
+        return bud.Part(sub.tensors, sub.labels, outputs)
+
+    return part(search_idx), part(check_idx)
+
+
+def run(
+    *,
+    budget: bud.Budget,
+    layers: list[str],
+    trials: Trials,
+    search_part: bud.Part,
+    check_part: bud.Part,
+    backend: str,
+    measured_with: str,
+    log: Callable[[str], None],
+) -> tuple[tuple[str, ...], dict[str, Any], list[str]]:
+    """Search, confirm on the check part; return the layers to keep, the manifest record and warnings."""
+    latency = trials.latency if trials.on_target else None
+    result = bud.search(layers=layers, build=trials.build, part=search_part, budget=budget, latency=latency, log=log)
+    final = trials.build(result.excluded)
+    check = check_part.figures(np.concatenate(
+        [final(check_part.tensors[i : i + 64]) for i in range(0, len(check_part.tensors), 64)]))  # fmt: skip
+    holds = budget.holds(check)
+    log(f"check part ({len(check_part.tensors)} images the search did not use): budget "
+        f"{'holds' if holds else 'does NOT hold'}")  # fmt: skip
+    warnings = [] if holds else [
+        f"the accuracy budget ({budget.describe()}) held on the search images but not on the check images "
+        f"({check.to_dict()}); give --val more images"]  # fmt: skip
+    record = {
+        "budget": budget.to_dict(),
+        "met": holds,
+        "search_images": len(search_part.tensors),
+        "search_margin_points": round(result.margin, 3),
+        "check_images": len(check_part.tensors),
+        "naive_int8_on_search": result.naive.to_dict(),
+        "on_search": result.search.to_dict(),
+        "on_check": check.to_dict(),
+        "layers_kept_in_higher_precision": list(result.excluded),
+        "higher_precision": HIGHER_PRECISION.get(backend, "fp32"),
+        "quantized_layers": len(layers),
+        "sensitivity_ranking": result.ranking,
+        "curve": result.curve,
+        "trial_builds": trials.count,
+        "search_seconds": round(result.seconds, 1),
+        "measured_with": measured_with,
+    }
+    return result.excluded, record, warnings
+
+
+def layers_for(loaded_onnx: Any, spec: Any, target: Any) -> list[str]:
+    compiler = compiler_for(target.backend)
+    finder = getattr(compiler, "quantizable_layers", None)
+    if finder is None:
+        from edgekit.quantize.onnxruntime_qdq import quantizable_layers
+
+        return quantizable_layers(loaded_onnx)
+    return finder(loaded_onnx, spec=spec, target=target)
