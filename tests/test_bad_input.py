@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from conftest import run_cli, write_images
 from onnx import TensorProto, helper
+from support import run_cli, write_images
 
 SPEC_ARGS = ("--resize", "32,32", "--mean", "0.49,0.48,0.45", "--std", "0.25,0.24,0.26")
 

@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import CIFAR_SPEC, SAMPLE, run_cli
+from support import CIFAR_SPEC, SAMPLE, run_cli
 
 import edgekit
 from edgekit.bundle.manifest import MANIFEST, file_entry

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_cli
+from support import run_cli
 
 from edgekit import __version__
 from edgekit.cli import COMMANDS

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import CIFAR_SPEC, SAMPLE
+from support import CIFAR_SPEC, SAMPLE
 
 import edgekit
 

@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CIFAR_SPEC, run_cli, tiny_module
+from support import CIFAR_SPEC, run_cli, tiny_module
 
 import edgekit
 from edgekit.errors import ModelError, UsageError

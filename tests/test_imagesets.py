@@ -3,7 +3,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import CIFAR_SPEC, write_images
+from support import CIFAR_SPEC, write_images
 
 from edgekit.errors import DataError, UsageError
 from edgekit.imagesets import find_images, load_labelled, sample

@@ -7,7 +7,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import CIFAR_SPEC, SAMPLE
+from support import CIFAR_SPEC, SAMPLE
 
 import edgekit
 from edgekit.runtime.preprocess import preprocess

@@ -18,6 +18,10 @@ COMMANDS = {
     "compile": "edgekit.cli.compile",
     "inspect": "edgekit.cli.inspect",
     "predict": "edgekit.cli.predict",
+    "build-engine": "edgekit.cli.build_engine",
+    "serve": "edgekit.cli.serve",
+    "report": "edgekit.cli.report",
+    "bench": "edgekit.cli.bench",
 }
 
 

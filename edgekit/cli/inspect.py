@@ -59,6 +59,24 @@ def _build_plan_lines(plan: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _budget_lines(b: dict[str, Any] | None) -> list[str]:
+    if not b:
+        return []
+
+    def fig(f: dict[str, Any]) -> str:
+        text = f"agreement {f['agreement_with_fp32']:.2f}%"
+        return text if f["top1"] is None else f"{text}, top-1 {f['top1']:.2f}% (drop {f['drop_points']:+.2f})"
+
+    return [
+        f"budget:       {b['budget']['text']}: {'met' if b['met'] else 'NOT met on the check images'}",
+        f"              naive INT8 on {b['search_images']} search images: {fig(b['naive_int8_on_search'])}",
+        f"              with {len(b['layers_kept_in_higher_precision'])} of {b['quantized_layers']} layers in "
+        f"{b['higher_precision']}: {fig(b['on_search'])}",
+        f"              on {b['check_images']} check images the search never used: {fig(b['on_check'])}",
+        f"              search: {b['trial_builds']} trial builds in {b['search_seconds']} s, {b['measured_with']}",
+    ]
+
+
 def summary_lines(m: dict[str, Any], *, brief: bool = False) -> list[str]:
     t, pre, q = m["target"], m["preprocess"], m["quantization"]
     lines = [
@@ -89,6 +107,7 @@ def summary_lines(m: dict[str, Any], *, brief: bool = False) -> list[str]:
             f"calibration {q['calibration_method']} on {cal.get('images', '?')} images",
             f"              layers kept in higher precision: {', '.join(q['layers_kept_in_higher_precision']) or 'none'}",
         ]
+        lines += _budget_lines(q.get("budget"))
     lines += _build_plan_lines(m["backend"].get("build_plan"))
     st = m["selftest"]
     lines.append(f"self-test:    {st['inputs']} {st['source']}, tolerance {st['tolerance']} ({st['check']})")

@@ -1,8 +1,7 @@
 """Real parts for the daemon's tests: bundles, video files, the daemon process.
 
-Not a conftest.py on purpose: a second module named ``conftest`` shadows the root one for the other test
-folders' ``from conftest import ...``. Test modules import the fixtures they use from here, and the root
-conftest's helpers are loaded from its path, so another folder's conftest cannot shadow them either.
+Not a conftest.py on purpose: test modules import the fixtures they use from here. The shared helpers come
+from tests/support.py, which pytest's pythonpath setting makes importable from every folder.
 
 System packages (mosquitto, GStreamer's RTSP server, chromium, tesseract) are required: a missing one
 fails the test, naming scripts/install-system-deps. Set EDGEKIT_TESTS_SKIP_MISSING_SYSTEM_DEPS=1 on a
@@ -12,7 +11,6 @@ bare developer machine to skip those tests instead.
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -36,19 +34,8 @@ import edgekit
 HERE = Path(__file__).resolve().parent
 
 
-def _root_conftest():
-    path = HERE.parent / "conftest.py"
-    loaded = sys.modules.get("conftest")
-    if loaded is not None and Path(loaded.__file__).resolve() == path:
-        return loaded
-    spec = importlib.util.spec_from_file_location("edgekit_tests_root_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support import CIFAR_SPEC, LABELS, SAMPLE, run_cli  # noqa: E402, F401 - re-exported to the tests
 
-
-_ROOT = _root_conftest()
-CIFAR_SPEC, LABELS, SAMPLE, run_cli = _ROOT.CIFAR_SPEC, _ROOT.LABELS, _ROOT.SAMPLE, _ROOT.run_cli
 RTSP_SCRIPT = HERE / "rtsp_server.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 SKIP_ENV = "EDGEKIT_TESTS_SKIP_MISSING_SYSTEM_DEPS"

@@ -1,0 +1,95 @@
+"""``edgekit bench``: measure a bundle on this machine: latency, throughput, preprocessing, memory, CPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgekit.cli import _args
+
+EPILOG = """examples:
+  edgekit bench model.edgekit                       # 3 s of batch-1 latency, then the other phases
+  edgekit bench model.edgekit --runs 1000 --json > orin-nano.json
+  edgekit bench model.edgekit --val val/ --json     # also top-1 on this device
+  edgekit report model.onnx ... --merge orin-nano.json   # fold a device run into a report
+
+Runs with numpy, OpenCV and the bundle's runtime only. The JSON schema is in docs/report.md.
+"""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be positive")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="measure a bundle on this machine", description=__doc__.split(":", 1)[1].strip(),
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("bundle", help="bundle folder or packed file")
+    p.add_argument("--seconds", type=_positive_float, default=3.0, help="batch-1 latency for this long (default 3)")
+    p.add_argument("--runs", type=_args.positive_int, help="batch-1 latency over exactly this many runs instead")
+    p.add_argument("--warmup", type=int, default=20, help="warm-up runs before timing (default 20)")
+    p.add_argument("--batch-sizes", type=_args.int_list, metavar="N,N,...",
+                   help="throughput batch sizes (default 1,2,4,8,16,32; a static-shape bundle: its own)")  # fmt: skip
+    p.add_argument("--image", type=Path, help="encoded image for the end-to-end cost (default: a synthetic VGA JPEG)")
+    p.add_argument("--val", type=Path, metavar="FOLDER", help="also measure accuracy on this class-folder tree")
+    p.add_argument("--device", help="run on another device of the backend (OpenVINO: CPU, GPU, NPU)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (schema: docs/report.md)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(run=run)
+
+
+def _lines(r: dict[str, Any]) -> list[str]:
+    lat, cpu, mem = r["latency"], r["cpu"], r["memory"]
+    lines = [
+        f"bundle:       {r['bundle']['path']} ({r['bundle']['model']}, {r['bundle']['target']}, "
+        f"{r['bundle']['precision']}; hash {r['bundle']['hash'][:16]}…)",
+        f"machine:      {r['machine']['summary']}",
+        f"runtime:      {', '.join(f'{k} {v}' for k, v in r['software']['runtime'].items())}",
+        f"latency:      batch 1: p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f}, p99 {lat['p99_ms']:.3f}, "
+        f"mean {lat['mean_ms']:.3f} ({lat['runs']} runs)",
+    ]
+    lines += [
+        f"throughput:   batch {t['batch']:>3}: {t['images_per_s']:>10.1f} images/s ({t['batch_p50_ms']:.3f} ms a batch)"
+        for t in r["throughput"]
+    ]
+    lines += [
+        f"decode:       p50 {r['decode']['p50_ms']:.3f} ms ({r['settings']['image']})",
+        f"preprocess:   p50 {r['preprocess']['p50_ms']:.3f} ms",
+        f"end to end:   p50 {r['end_to_end']['p50_ms']:.3f} ms ({r['end_to_end']['what']})",
+        f"memory:       peak RSS {mem['peak_rss_mb']} MB (after loading {mem['rss_after_load_mb']} MB)",
+        f"CPU:          {cpu['percent_of_one_core']:.0f}% of one core ({cpu['percent_of_all_cores']:.0f}% of "
+        f"{cpu['usable_cores']} cores) during batch-1 latency",
+    ]
+    if r.get("accuracy"):
+        acc = r["accuracy"]
+        lines.append(
+            f"accuracy:     top-1 {acc['top1']:.2f}%, top-5 {acc['top5']:.2f}% on {acc['dataset']['images']} images"
+        )
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.report.bench import BenchOptions, bench_bundle
+
+    options = BenchOptions(
+        seconds=args.seconds, runs=args.runs, warmup=args.warmup, batch_sizes=args.batch_sizes,
+        image=args.image, val=args.val, device=args.device,
+    )  # fmt: skip
+    log = None if args.quiet else (lambda msg: print(f"edgekit: bench: {msg}", file=sys.stderr, flush=True))
+    result = bench_bundle(args.bundle, options=options, log=log)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("\n".join(_lines(result)))
+    return 0

@@ -1,0 +1,152 @@
+"""What every combination of a report shares, checked once before anything is compiled.
+
+The model, its spec and labels, the validation set (and the FP32 reference accuracy on it), the
+calibration set and the model's cost. Bad input (an empty validation set, class folders that are not the
+model's labels, int8 without calibration images) fails here with one clear error, before any work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import spec as specs
+from edgekit.errors import DataError, UsageError
+from edgekit.report import evaluate as ev
+from edgekit.report.combination import CompileInputs
+from edgekit.report.estimate import GraphCost, graph_cost
+
+
+@dataclass
+class Prepared:
+    inputs: CompileInputs
+    model: dict[str, Any]
+    val: dict[str, Any]
+    calib: dict[str, Any] | None
+    calib_size: int
+    fp32: dict[str, Any]
+    cost: GraphCost
+    runtimes: dict[str, str]
+
+
+def _overrides(options: Any, loaded: Any) -> dict[str, Any]:
+    from edgekit.imagesets import class_folders
+
+    data = specs.load_spec_file(options.spec) if options.spec else {}
+    data.setdefault("input", {})
+    data.setdefault("preprocess", {})
+    if options.name:
+        data["name"] = options.name
+    if options.input_shape:
+        data["input"]["shape"] = tuple(options.input_shape)
+    if options.labels:
+        data["labels"] = specs.read_labels_file(options.labels)
+    if not data.get("labels"):
+        data["labels"] = tuple(class_folders(options.val))
+    if not data["labels"]:
+        raise DataError(
+            f"validation folder '{options.val}' has no class sub-folders with images; lay it out as "
+            f"{options.val}/<label>/<image>.jpg"
+        )
+    if loaded.softmax_output:
+        data.setdefault("output_kind", "probabilities")
+    return data
+
+
+def _reference(loaded: Any, spec: specs.ModelSpec):
+    """ONNX Runtime FP32 on the source model, and the number of classes it outputs."""
+    from edgekit.backends.onnxruntime.runtime import make_session
+
+    session = make_session(loaded.onnx.SerializeToString())
+    x = np.zeros(spec.input.with_batch(1).shape, np.float32)
+    try:
+        out = session.run(None, {spec.input.name: x})[0]
+    except Exception as exc:
+        raise UsageError(
+            f"the model does not run on an input of shape {list(x.shape)} ({str(exc).splitlines()[0][:200]}); "
+            "fix --input-shape or the spec's preprocessing size"
+        ) from None
+    if out.ndim != 2:
+        raise UsageError(f"the model's output has shape {list(out.shape)}; reports cover classifiers (batch, classes)")
+    return session, int(out.shape[1])
+
+
+def _check_inputs(options: Any) -> None:
+    if options.val is None:
+        raise UsageError("a report needs validation images: pass --val FOLDER (one sub-folder a class)")
+    if not Path(options.val).is_dir():
+        raise UsageError(f"validation folder '{options.val}' does not exist; pass a folder with one sub-folder a class")
+    if "int8" in options.precisions and options.calib is None:
+        raise UsageError("int8 needs calibration images: pass --calib FOLDER, or leave int8 out of --precisions")
+
+
+def _runtimes() -> dict[str, str]:
+    """Installed versions of the build-time packages, read from their metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("onnxruntime", "openvino", "tensorrt", "onnx", "nncf"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def prepare(model: str | Path, options: Any, *, log: Callable[[str], None]) -> Prepared:
+    """Load and check the model and data once; measure the FP32 reference on the validation set."""
+    from edgekit.frontends import load_model
+    from edgekit.imagesets import load_calibration, load_labelled
+
+    _check_inputs(options)
+    log(f"loading {model}")
+    loaded = load_model(model, input_shape=options.input_shape)
+    overrides = _overrides(options, loaded)
+    spec = specs.build_spec(model_input=loaded.input, overrides=overrides)
+    session, classes = _reference(loaded, spec)
+    if len(spec.labels) != classes:
+        raise UsageError(
+            f"{len(spec.labels)} labels ({', '.join(spec.labels[:4])}{' ...' if len(spec.labels) > 4 else ''}) but the "
+            f"model outputs {classes} classes; the validation folder's class folders (or --labels) must match the model"
+        )
+    log(f"reading validation images from {options.val}")
+    val = load_labelled(options.val, spec, spec.labels)
+    outputs = ev.run_batches(lambda x: session.run(None, {spec.input.name: x})[0], val.tensors, 64)
+    fp32 = ev.evaluate(outputs, val.labels, spec.labels)
+    calib = None
+    if "int8" in options.precisions:
+        cal = load_calibration(options.calib, spec, size=options.calib_size)
+        calib = {
+            "path": str(options.calib),
+            "images": len(cal.paths),
+            "skipped": len(cal.skipped),
+            "sha256": cal.sha256,
+        }
+    cost = graph_cost(loaded.onnx, spec.input.shape)
+    inputs = CompileInputs(
+        model=Path(model), spec=overrides, calib=options.calib, calib_size=options.calib_size, val=options.val,
+        bench_seconds=options.bench_seconds, bench=options.bench,
+    )  # fmt: skip
+    return Prepared(
+        inputs=inputs,
+        model={
+            "name": spec.name,
+            "file": loaded.source_name,
+            "format": loaded.source_format,
+            "sha256": loaded.source_sha256,
+            "input_shape": list(spec.input.shape),
+            "classes": classes,
+            "macs": cost.macs,
+            "parameters": cost.parameters,
+        },
+        val={"path": str(options.val), "images": len(val.paths), "skipped": len(val.skipped), "sha256": val.sha256},
+        calib=calib,
+        calib_size=options.calib_size,
+        fp32={**fp32.summary(), "per_class": fp32.per_class, "how": "ONNX Runtime CPU, FP32, the source model, here"},
+        cost=cost,
+        runtimes=_runtimes(),
+    )

@@ -1,0 +1,172 @@
+"""Turn combination records into report rows: every figure with how it was obtained, the Pareto front,
+the recommendations under the user's budgets, and the estimator's error on this host.
+
+Provenance kinds: ``measured`` (here, on the target itself), ``merged`` (a device's ``edgekit bench``
+result), ``simulated`` (accuracy of the bundle's model run on a stand-in: ONNX Runtime or the OpenVINO CPU
+plugin here), ``estimated`` (the roofline, see estimate.py) and ``none``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+REPORT_SCHEMA = "edgekit.report"
+REPORT_SCHEMA_VERSION = 1
+DEFAULT_MAX_DROP = 1.0
+KINDS = {
+    "measured": "measured here, on the target itself",
+    "merged": "measured on the device by edgekit bench and merged in (--merge)",
+    "simulated": "the bundle's model run here on a stand-in for the absent device",
+    "estimated": "roofline estimate from the model's MACs and memory traffic and the target file's figures",
+    "none": "not available",
+}
+
+
+def _source(kind: str, how: str, machine: str | None = None) -> dict[str, Any]:
+    return {"kind": kind, "how": how, "machine": machine}
+
+
+def accuracy_of(record: dict[str, Any], fp32_top1: float, val_sha: str, host: str | None = None) -> dict[str, Any]:
+    merged = (record.get("merged") or {}).get("bench") or {}
+    device = merged.get("accuracy")
+    if device and device.get("dataset", {}).get("sha256") == val_sha:
+        how = f"measured on the device by edgekit bench --val, from {record['merged']['file']}"
+        return {
+            "top1": device["top1"], "top5": device["top5"], "drop_points": round(fp32_top1 - device["top1"], 3),
+            "agreement_with_fp32": None, "per_class": device["per_class"],
+            "source": _source("merged", how, merged["machine"]["summary"]),
+        }  # fmt: skip
+    acc = record["manifest"].get("accuracy")
+    if not acc:
+        return {"top1": None, "per_class": {}, "source": _source("none", "not measured")}
+    how = str(acc.get("measured_with") or "")
+    on_target = bool((record["manifest"].get("latency") or {}).get("measured"))
+    simulated = not on_target or "simulated" in how.lower() or bool(acc.get("simulated"))
+    if simulated and not how.lower().startswith("simulated"):
+        how = f"simulated: {how}"
+    if simulated and record["backend"] == "tensorrt":
+        qdq = " with its INT8 Q/DQ nodes" if record["precision"] == "int8" else ""
+        how += f" (the bundle's ONNX graph{qdq}, run here because the GPU is absent)"
+    return {
+        "top1": acc["value"]["top1"], "top5": acc["value"]["top5"], "drop_points": acc["drop_points"],
+        "agreement_with_fp32": acc["agreement_with_fp32"], "per_class": acc["per_class"],
+        "source": _source(
+            "simulated" if simulated else "measured", how if simulated else f"measured here: {how}", host
+        ),
+    }  # fmt: skip
+
+
+def _from_bench(bench: dict[str, Any], source: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    lat = {k: bench["latency"][k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
+    tp = bench.get("throughput") or []
+    best = max(tp, key=lambda t: t["images_per_s"]) if tp else None
+    extra = {
+        "throughput": tp,
+        "best_throughput": {"batch": best["batch"], "images_per_s": best["images_per_s"]} if best else None,
+        "decode_ms": (bench.get("decode") or {}).get("p50_ms"),
+        "preprocess_ms": (bench.get("preprocess") or {}).get("p50_ms"),
+        "end_to_end_ms": (bench.get("end_to_end") or {}).get("p50_ms"),
+        "peak_rss_mb": (bench.get("memory") or {}).get("peak_rss_mb"),
+        "cpu_percent_of_one_core": (bench.get("cpu") or {}).get("percent_of_one_core"),
+        "image": (bench.get("settings") or {}).get("image"),
+        "source": source,
+    }
+    return {**lat, "source": source}, extra
+
+
+def latency_of(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Batch-1 latency (p50/p90/p99/mean) and the other bench figures, from the best source there is."""
+    if record.get("merged"):
+        bench = record["merged"]["bench"]
+        how = f"measured on the device by edgekit bench, merged from {record['merged']['file']}"
+        return _from_bench(bench, _source("merged", how, bench["machine"]["summary"]))
+    if record.get("bench"):
+        bench = record["bench"]
+        return _from_bench(bench, _source("measured", "measured here by edgekit bench", bench["machine"]["summary"]))
+    lat = record["manifest"].get("latency") or {}
+    if lat.get("measured"):
+        src = _source("measured", "measured here at compile time", lat.get("machine"))
+        return {**{k: lat.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}, "source": src}, None
+    est = record.get("estimate")
+    if est:
+        how = f"estimated: roofline ({est['figures']} from the {record['target']} target file)"
+        return {"p50_ms": est["ms"], "p90_ms": None, "p99_ms": None, "mean_ms": None,
+                "source": _source("estimated", how)}, None  # fmt: skip
+    return {"p50_ms": None, "source": _source("none", "no measurement, and the target file gives no figures")}, None
+
+
+def row_of(record: dict[str, Any], fp32_top1: float, val_sha: str, host: str | None = None) -> dict[str, Any]:
+    """One report row; ``host`` describes this machine, where accuracy was measured or simulated."""
+    row = {k: record.get(k) for k in ("id", "target", "backend", "device", "precision", "calibration_method")}
+    row.update(status=record["status"], error=record.get("error"), estimate=record.get("estimate"), pareto=False)
+    if record["status"] != "ok":
+        return {**row, "accuracy": None, "latency": None, "bench": None, "notes": []}
+    latency, bench = latency_of(record)
+    return {
+        **row,
+        "accuracy": accuracy_of(record, fp32_top1, val_sha, host),
+        "latency": latency,
+        "bench": bench,
+        "compile_seconds": record.get("compile_seconds"),
+        "timeline": record.get("timeline"),
+        "bundle": record.get("bundle"),
+        "inference_precision": record["manifest"]["precision"].get("inference"),
+        "notes": list(record.get("notes") or []) + list(record["manifest"].get("notes") or []),
+    }
+
+
+def _point(row: dict[str, Any]) -> tuple[float, float] | None:
+    if row["status"] != "ok" or row["accuracy"]["top1"] is None or row["latency"]["p50_ms"] is None:
+        return None
+    return row["latency"]["p50_ms"], row["accuracy"]["top1"]
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> None:
+    """A row is on the front when no other is at least as fast and as accurate, and better in one."""
+    points = [(r, p) for r in rows if (p := _point(r))]
+    for row, (lat, acc) in points:
+        row["pareto"] = not any(
+            lo <= lat and ao >= acc and (lo < lat or ao > acc) for other, (lo, ao) in points if other is not row
+        )
+
+
+def recommend(rows: list[dict[str, Any]], targets: list[str], max_drop: float, max_ms: float | None) -> list[dict]:
+    """For each target, the fastest combination within the accuracy and latency budgets."""
+    out = []
+    for target in targets:
+        cands = [r for r in rows if r["target"] == target and _point(r)]
+        ok = [
+            r
+            for r in cands
+            if (r["accuracy"]["drop_points"] is None or r["accuracy"]["drop_points"] <= max_drop)
+            and (max_ms is None or r["latency"]["p50_ms"] <= max_ms)
+        ]
+        best = min(ok, key=lambda r: (r["latency"]["p50_ms"], -r["accuracy"]["top1"])) if ok else None
+        out.append({"target": target, "choice": best["id"] if best else None, "text": _why(target, best, cands)})
+    return out
+
+
+def _why(target: str, best: dict[str, Any] | None, cands: list[dict[str, Any]]) -> str:
+    if not cands:
+        return f"{target}: no combination finished with both accuracy and latency"
+    if best is None:
+        return f"{target}: no combination meets the budget"
+    acc, lat = best["accuracy"], best["latency"]
+    method = f" ({best['calibration_method']} calibration)" if best["calibration_method"] else ""
+    return (
+        f"{target}: {best['precision']}{method}: top-1 {acc['top1']:.2f}% ({_delta(acc['drop_points'])} vs FP32, "
+        f"{acc['source']['kind']}), {lat['p50_ms']:.3g} ms batch-1 p50 ({lat['source']['kind']})"
+    )
+
+
+def _delta(drop: float | None) -> str:
+    return "no FP32 reference" if drop is None else f"{0.0 - drop:+.2f} points"
+
+
+def measured_here(rows: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
+    """(id, precision, p50 ms) of the rows measured on this host: the estimator's check."""
+    return [
+        (r["id"], r["precision"], r["latency"]["p50_ms"])
+        for r in rows
+        if r["status"] == "ok" and r["latency"]["source"]["kind"] == "measured" and r["latency"]["p50_ms"]
+    ]

@@ -1,0 +1,191 @@
+"""Write a report document as report.json, report.csv, report.md and report.html, each atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+TAGS = {"measured": "M", "merged": "D", "simulated": "S", "estimated": "E", "none": "-"}
+CSV_COLUMNS = (
+    "id", "target", "backend", "device", "precision", "calibration_method", "status", "top1", "top5",
+    "drop_points", "agreement_with_fp32", "accuracy_source", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+    "latency_mean_ms", "latency_source", "latency_machine", "estimate_ms", "best_images_per_s", "best_batch",
+    "decode_ms", "preprocess_ms", "end_to_end_ms", "peak_rss_mb", "cpu_percent_of_one_core", "compile_seconds",
+    "bundle_bytes", "bundle_hash", "pareto", "error",
+)  # fmt: skip
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def points(value: float) -> str:
+    return f"{value:g} point{'' if value == 1 else 's'}"
+
+
+def ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def flat_row(row: dict[str, Any]) -> dict[str, Any]:
+    acc, lat, bench = row.get("accuracy") or {}, row.get("latency") or {}, row.get("bench") or {}
+    best = bench.get("best_throughput") or {}
+    return {
+        **{k: row.get(k) for k in ("id", "target", "backend", "device", "precision", "calibration_method", "status")},
+        **{k: acc.get(k) for k in ("top1", "top5", "drop_points", "agreement_with_fp32")},
+        "accuracy_source": (acc.get("source") or {}).get("kind"),
+        **{f"latency_{k}": lat.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")},
+        "latency_source": (lat.get("source") or {}).get("kind"),
+        "latency_machine": (lat.get("source") or {}).get("machine"),
+        "estimate_ms": (row.get("estimate") or {}).get("ms"),
+        "best_images_per_s": best.get("images_per_s"),
+        "best_batch": best.get("batch"),
+        **{k: bench.get(k) for k in ("decode_ms", "preprocess_ms", "end_to_end_ms", "peak_rss_mb")},
+        "cpu_percent_of_one_core": bench.get("cpu_percent_of_one_core"),
+        "compile_seconds": row.get("compile_seconds"),
+        "bundle_bytes": (row.get("bundle") or {}).get("size_bytes"),
+        "bundle_hash": (row.get("bundle") or {}).get("hash"),
+        "pareto": row.get("pareto"),
+        "error": row.get("error"),
+    }
+
+
+def to_csv(doc: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in doc["results"]:
+        writer.writerow({k: "" if v is None else v for k, v in flat_row(row).items()})
+    return buf.getvalue()
+
+
+def table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The main table: one row a combination, provenance tags after each figure."""
+    header = ["combination", "status", "top-1 %", "drop", "agree %", "p50 ms", "p99 ms", "img/s", "e2e ms", "est. ms",
+              "MB", "compile s", "Pareto"]  # fmt: skip
+    rows = []
+    for r in doc["results"]:
+        if r["status"] != "ok":
+            rows.append([r["id"], f"{r['status']}: {r['error']}", *[""] * (len(header) - 2)])
+            continue
+        acc, lat, bench = r["accuracy"], r["latency"], r["bench"] or {}
+        atag, ltag = TAGS[acc["source"]["kind"]], TAGS[lat["source"]["kind"]]
+        best = bench.get("best_throughput") or {}
+        rows.append([
+            r["id"], "ok", f"{fmt(acc['top1'])} {atag}", fmt(acc.get("drop_points"), 2), fmt(acc.get("agreement_with_fp32"), 1),
+            f"{ms(lat['p50_ms'])} {ltag}", ms(lat.get("p99_ms")),
+            fmt(best.get("images_per_s"), 0), ms(bench.get("end_to_end_ms")), ms((r["estimate"] or {}).get("ms")),
+            fmt(bench.get("peak_rss_mb"), 0), fmt(r.get("compile_seconds"), 1), "yes" if r["pareto"] else "",
+        ])  # fmt: skip
+    return header, rows
+
+
+def text_table(doc: dict[str, Any]) -> str:
+    header, rows = table(doc)
+    widths = [max(len(str(x[i])) for x in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(x, widths, strict=True)).rstrip() for x in [header, *rows]
+    )
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(esc(c) for c in row) + " |" for row in rows],
+    ]
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    m, fp32, budget = doc["model"], doc["fp32_reference"], doc["budget"]
+    lines = [
+        f"# edgekit report: {m['name']}",
+        "",
+        f"Model `{m['file']}` ({m['format']}, {m['macs'] / 1e6:.1f} M MACs, {m['parameters'] / 1e6:.2f} M parameters); "
+        f"FP32 reference top-1 {fp32['top1']:.2f}% on {doc['data']['val']['images']} validation images "
+        f"({fp32['how']}). Measured here on: {doc['machine']['summary']}.",
+        ""
+        if doc["complete"]
+        else f"\n**Partial report**: {doc['progress']['finished']} of {doc['progress']['total']} "
+        "combinations finished (re-run with `--resume` to continue).\n",
+        f"## Recommended (accuracy budget {points(budget['max_accuracy_drop'])} of top-1"
+        + (f", latency budget {budget['max_latency_ms']:g} ms" if budget["max_latency_ms"] else "")
+        + ")",
+        "",
+        *[f"- {r['text']}" for r in doc["recommendations"]],
+        "",
+        "## Results",
+        "",
+        *_md_table(*table(doc)),
+        "",
+        "Tags: M measured here, D measured on the device (merged), S simulated (the bundle's model run here on a "
+        "stand-in), E estimated (roofline). Latency is batch-1 p50 of model inference on a preprocessed "
+        "input; e2e adds JPEG decoding, preprocessing and postprocessing; est. ms is the roofline estimate for "
+        "the target file's device.",
+        "",
+        *estimator_lines(doc["estimator"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def estimator_lines(est: dict[str, Any]) -> list[str]:
+    lines = ["## Latency estimates", "", f"Roofline: `{est['formula']}`; idealised: {est['assumes']}."]
+    check = est["validation"]
+    if check["summary"]:
+        s = check["summary"]
+        lines += [
+            "",
+            f"Checked on this host with its measured ceilings ({_ceilings(est['host_ceilings'])}): over "
+            f"{s['combinations']} measured combinations the estimate's median error is {s['median_abs_error_pct']:g}% "
+            f"(max {s['max_abs_error_pct']:g}%); measured latency was {s['range_measured_over_estimate'][0]:g}x to "
+            f"{s['range_measured_over_estimate'][1]:g}x the estimate (median {s['median_measured_over_estimate']:g}x).",
+            "",
+            *_md_table(
+                ["combination", "measured ms", "estimated ms", "error %"],
+                [[r["id"], ms(r["measured_ms"]), ms(r["estimated_ms"]), fmt(r["error_pct"], 1)] for r in check["rows"]],
+            ),
+        ]
+    return lines
+
+
+def _ceilings(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "not measured"
+    return (
+        f"fp32 {c.get('fp32_tflops', 0) * 1e3:.0f} GFLOPS, int8 {c.get('int8_tops', 0) * 1e3:.0f} GOPS, "
+        f"{c.get('memory_bandwidth_gbs', 0):.0f} GB/s"
+    )
+
+
+def write_outputs(out: Path, doc: dict[str, Any]) -> None:
+    """report.json, report.csv, report.md and report.html in ``out``."""
+    from edgekit.report.html import render
+
+    atomic_write(out / "report.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write(out / "report.csv", to_csv(doc))
+    atomic_write(out / "report.md", to_markdown(doc))
+    atomic_write(out / "report.html", render(doc))

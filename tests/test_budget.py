@@ -1,0 +1,113 @@
+"""The accuracy budget: flags, errors, and the search on real quantized graphs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from support import CIFAR_SPEC, SAMPLE, run_cli
+
+import edgekit
+from edgekit.errors import DataError
+from edgekit.quantize.budget import Budget, Figures
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--max-accuracy-drop", "-1", "out of range"),
+        ("--max-accuracy-drop", "150%", "out of range"),
+        ("--max-accuracy-drop", "abc", "takes a number"),
+        ("--min-agreement", "101", "out of range"),
+        ("--min-agreement", "nan", "finite number"),
+    ],
+)
+def test_bad_budget_values_are_usage_errors(tmp_path, tiny_onnx, flag, value, needle):
+    res = run_cli("compile", str(tiny_onnx), "-t", "cpu", "-p", "int8", "--calib", str(SAMPLE / "calib"),
+                  "--val", str(SAMPLE / "test"), flag, value, "-o", str(tmp_path / "o"))  # fmt: skip
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_budget_needs_val_and_int8_and_one_form(tmp_path, tiny_onnx):
+    base = ("compile", str(tiny_onnx), "-t", "cpu", "--calib", str(SAMPLE / "calib"), "-o", str(tmp_path / "o"))
+    res = run_cli(*base, "-p", "int8", "--min-agreement", "99")
+    assert res.returncode == 2 and "needs validation images" in res.stderr and "--val" in res.stderr
+    res = run_cli(*base, "-p", "fp32", "--val", str(SAMPLE / "test"), "--min-agreement", "99")
+    assert res.returncode == 2 and "applies to int8" in res.stderr
+    res = run_cli(*base, "-p", "int8", "--max-accuracy-drop", "1", "--min-agreement", "99")
+    assert res.returncode == 2 and "not allowed with argument" in res.stderr
+
+
+def test_relative_and_absolute_drop():
+    figures = Figures(agreement=98.0, fp32_top1=80.0, top1=79.0)
+    assert Budget.max_accuracy_drop("1").holds(figures)
+    assert not Budget.max_accuracy_drop("0.5").holds(figures)
+    assert Budget.max_accuracy_drop("1.25%").holds(figures)  # 1.25% of 80 = 1 point
+    assert not Budget.max_accuracy_drop("1%").holds(figures)
+    assert not Budget.min_agreement("99").holds(figures)
+    assert Budget.min_agreement("99").margin(1000) == pytest.approx(0.3146, abs=1e-3)
+
+
+def test_drop_budget_with_mismatched_class_folders_names_them(tmp_path, tiny_onnx):
+    val = tmp_path / "val"
+    shutil.copytree(SAMPLE / "test" / "cat", val / "cat")
+    shutil.copytree(SAMPLE / "test" / "dog", val / "doggo")
+    with pytest.raises(DataError, match="not among the model's labels: doggo"):
+        edgekit.compile_model(tiny_onnx, target="cpu", precision="int8", output=tmp_path / "o", spec=CIFAR_SPEC,
+                              labels=list(("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                           "ship", "truck")),
+                              calib=SAMPLE / "calib", calib_size=32, val=val, max_accuracy_drop="1")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """Unlabelled 'camera frames': 240 test images in one flat folder, none of them calibration images."""
+    root = tmp_path_factory.mktemp("frames")
+    for label_dir in sorted((SAMPLE / "test").iterdir()):
+        for src in sorted(label_dir.iterdir())[:24]:
+            shutil.copy(src, root / f"{label_dir.name}-{src.name}")
+    return root
+
+
+def test_agreement_budget_on_unlabelled_frames_reverts_layers_and_holds(tmp_path, tiny_onnx, frames):
+    compiled = edgekit.compile_model(
+        tiny_onnx, target="cpu", precision="int8", output=tmp_path / "b", spec=CIFAR_SPEC,
+        calib=SAMPLE / "calib", calib_size=64, val=frames, min_agreement="97",
+    )  # fmt: skip
+    q = compiled.manifest["quantization"]
+    b = q["budget"]
+    assert b["budget"]["metric"] == "agreement" and b["met"] is True
+    assert b["search_images"] + b["check_images"] == 240
+    assert b["naive_int8_on_search"]["agreement_with_fp32"] < b["on_search"]["agreement_with_fp32"]
+    assert b["on_search"]["agreement_with_fp32"] - b["search_margin_points"] >= 97
+    assert b["on_check"]["agreement_with_fp32"] >= 97  # images the search never saw
+    assert len(b["layers_kept_in_higher_precision"]) >= 1
+    assert q["layers_kept_in_higher_precision"] == sorted(b["layers_kept_in_higher_precision"])
+    assert {r["layer"] for r in b["sensitivity_ranking"]} == set(
+        compiled.manifest["quantization"]["budget"]["sensitivity_ranking"][i]["layer"]
+        for i in range(b["quantized_layers"])
+    )
+    assert [p["layers_reverted"] for p in b["curve"]][:2] == [0, 1] and "latency_ms" in b["curve"][0]
+    assert compiled.manifest["accuracy"]["metric"] == "agreement_with_fp32"
+    res = run_cli("inspect", str(compiled.path))
+    assert res.returncode == 0 and "budget" in res.stdout and "layers kept in higher precision" in res.stdout
+
+
+def test_budget_that_cannot_hold_stops_with_the_best_figures(tmp_path, tiny_onnx, frames):
+    with pytest.raises(edgekit.EdgekitError, match="does not hold even with all .* best reached: agreement"):
+        edgekit.compile_model(
+            tiny_onnx, target="cpu", precision="int8", output=tmp_path / "b", spec=CIFAR_SPEC,
+            calib=SAMPLE / "calib", calib_size=64, val=frames, min_agreement="100",
+        )  # fmt: skip
+    assert not (tmp_path / "b").exists()
+
+
+def test_budget_on_the_tensorrt_simulation(tmp_path, tiny_onnx, frames):
+    compiled = edgekit.compile_model(
+        tiny_onnx, target="jetson-orin-nano", precision="int8", output=tmp_path / "j", spec=CIFAR_SPEC,
+        calib=SAMPLE / "calib", calib_size=64, val=frames, min_agreement="95",
+    )  # fmt: skip
+    b = compiled.manifest["quantization"]["budget"]
+    assert b["measured_with"].startswith("simulated") and b["higher_precision"] == "fp16"
+    assert b["on_check"]["agreement_with_fp32"] >= 95 and "latency_ms" not in b["curve"][0]
