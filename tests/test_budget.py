@@ -95,7 +95,9 @@ def test_agreement_budget_on_unlabelled_frames_reverts_layers_and_holds(tmp_path
 
 
 def test_budget_that_cannot_hold_stops_with_the_best_figures(tmp_path, tiny_onnx, frames):
-    with pytest.raises(edgekit.EdgekitError, match=r"does not hold even with all 5 quantized layers .*best reached: agreement"):
+    with pytest.raises(
+        edgekit.EdgekitError, match=r"does not hold even with all 5 quantized layers .*best reached: agreement"
+    ):
         edgekit.compile_model(
             tiny_onnx, target="cpu", precision="int8", output=tmp_path / "b", spec=CIFAR_SPEC,
             calib=SAMPLE / "calib", calib_size=64, val=frames, min_agreement="100",
@@ -111,3 +113,31 @@ def test_budget_on_the_tensorrt_simulation(tmp_path, tiny_onnx, frames):
     b = compiled.manifest["quantization"]["budget"]
     assert b["measured_with"].startswith("simulated") and b["higher_precision"] == "fp16"
     assert b["on_check"]["agreement_with_fp32"] >= 95 and "latency_ms" not in b["curve"][0]
+
+
+def test_report_takes_the_budget_and_shows_ranking_and_curve(tmp_path, tiny_onnx, small_val):
+    import json
+
+    out = tmp_path / "report"
+    res = run_cli("report", str(tiny_onnx), "--spec", str(_spec_file(tmp_path)), "--calib", str(SAMPLE / "calib"),
+                  "--calib-size", "64", "--val", str(small_val), "--targets", "cpu", "--precisions", "int8",
+                  "--min-agreement", "95", "--no-bench", "-q", "-o", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((out / "report.json").read_text())
+    rows = {r["id"]: r for r in doc["results"]}
+    assert set(rows) == {"cpu-int8", "cpu-int8-budget"} and rows["cpu-int8"]["budget"] is None
+    b = rows["cpu-int8-budget"]["budget"]
+    assert b["budget"]["metric"] == "agreement" and b["curve"][0]["layers_reverted"] == 0
+    html = (out / "report.html").read_text()
+    assert 'class="budget-curve"' in html and 'class="budget-ranking"' in html
+    assert "cpu-int8-budget: top-1 agreement with FP32 &gt;= 95%" in html or "cpu-int8-budget" in html
+
+
+def _spec_file(tmp_path):
+    path = tmp_path / "tiny.toml"
+    pre = CIFAR_SPEC["preprocess"]
+    path.write_text(
+        f'name = "tiny"\n[preprocess]\nresize = {list(pre["resize"])}\nmean = {list(pre["mean"])}\n'
+        f"std = {list(pre['std'])}\n"
+    )
+    return path

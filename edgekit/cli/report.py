@@ -60,9 +60,16 @@ def add_parser(sub) -> None:
         "--labels", type=Path, metavar="FILE", help="labels file (default: the spec's, else --val's folders)"
     )
     m.add_argument("--input-shape", type=_args.int_list, metavar="N,C,H,W", help="input shape, e.g. 1,3,224,224")
-    b = p.add_argument_group("budget (for the recommendations at the top)")
-    b.add_argument(
+    b = p.add_argument_group(
+        "budget (the recommendations at the top; given explicitly, each target also gets an int8 '-budget' "
+        "combination compiled under it, as 'edgekit compile' does)"
+    )
+    bx = b.add_mutually_exclusive_group()
+    bx.add_argument(
         "--max-accuracy-drop", type=_number, metavar="POINTS", help="top-1 drop allowed vs FP32 (default 1.0)"
+    )
+    bx.add_argument(
+        "--min-agreement", type=_number, metavar="A", help="int8 '-budget' rows: minimum %% top-1 agreement with FP32"
     )
     b.add_argument("--max-latency-ms", type=_number, metavar="MS", help="batch-1 p50 latency allowed")
     r = p.add_argument_group("runs")
@@ -85,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         val=args.val, targets=args.targets, precisions=args.precisions, calib=args.calib, calib_size=args.calib_size,
         calib_methods=args.calib_methods, spec=args.spec, labels=args.labels, name=args.name,
         input_shape=args.input_shape, resume=args.resume, merge=tuple(args.merge),
-        max_accuracy_drop=args.max_accuracy_drop, max_latency_ms=args.max_latency_ms,
+        max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement, max_latency_ms=args.max_latency_ms,
         bench_seconds=args.bench_seconds, bench=not args.no_bench,
     )  # fmt: skip
     doc = run_report(args.model, output=args.output, options=options, progress=not args.quiet)

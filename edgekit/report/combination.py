@@ -32,11 +32,14 @@ class Combination:
     target: Target
     precision: str
     method: str | None = None  # calibration method, int8 only
+    budget: tuple[
+        tuple[str, str], ...
+    ] = ()  # compile_model's budget keyword and value, e.g. (("min_agreement", "99"),)
 
     @property
     def id(self) -> str:
         suffix = f"-{self.method}" if self.method and self.method != "minmax" else ""
-        return f"{self.target.name}-{self.precision}{suffix}"
+        return f"{self.target.name}-{self.precision}{suffix}{'-budget' if self.budget else ''}"
 
     def describe(self) -> dict[str, Any]:
         t = self.target
@@ -48,6 +51,7 @@ class Combination:
             "hardware": dataclasses.asdict(t.hardware),
             "precision": self.precision,
             "calibration_method": self.method,
+            "compile_budget": {k: v for k, v in self.budget} or None,
         }
 
 
@@ -103,7 +107,7 @@ def _compile(combo: Combination, inputs: CompileInputs, bundle: Path, note: Note
     result = compile_model(
         inputs.model, target=combo.target, precision=combo.precision, output=bundle, calib=inputs.calib,
         val=inputs.val, calib_size=inputs.calib_size, calibration_method=combo.method or "minmax",
-        spec=inputs.spec, log=log,
+        spec=inputs.spec, log=log, **dict(combo.budget),
     )  # fmt: skip
     end = time.perf_counter()
     if timeline:

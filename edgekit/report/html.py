@@ -109,6 +109,44 @@ def _per_class(doc: dict[str, Any]) -> str:
     return f'<table id="per-class"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _budget_fig(f: dict[str, Any]) -> str:
+    text = f"{fmt(f['agreement_with_fp32'])}% agreement"
+    return text if f.get("top1") is None else f"{text}, top-1 {fmt(f['top1'])}% (drop {fmt(f['drop_points'])})"
+
+
+def _budgets(doc: dict[str, Any]) -> str:
+    """Per budgeted combination: the outcome, the curve of layers reverted, the sensitivity ranking."""
+    parts = []
+    for r in doc["results"]:
+        b = r.get("budget") if r["status"] == "ok" else None
+        if not b:
+            continue
+        curve = "".join(
+            f"<tr><td>{p['layers_reverted']}</td><td>{escape(p['last'] or '-')}</td>"
+            f"<td>{fmt(p['agreement_with_fp32'])}</td><td>{fmt(p.get('top1'))}</td><td>{fmt(p.get('latency_ms'), 3)}</td></tr>"
+            for p in b["curve"]
+        )
+        ranking = "".join(
+            f"<tr><td>{i + 1}</td><td>{escape(x['layer'])}</td><td>{fmt(x['agreement_with_fp32'])}</td>"
+            f"<td>{fmt(x.get('top1'))}</td></tr>"
+            for i, x in enumerate(b["sensitivity_ranking"])
+        )
+        parts.append(
+            f"<h3>{escape(r['id'])}: {escape(b['budget']['text'])}, {'met' if b['met'] else 'NOT met'}</h3>"
+            f"<p>Naive INT8 on the {b['search_images']} search images: {_budget_fig(b['naive_int8_on_search'])}. "
+            f"With {len(b['layers_kept_in_higher_precision'])} of {b['quantized_layers']} layers in "
+            f"{escape(b['higher_precision'])}: {_budget_fig(b['on_search'])}; on the {b['check_images']} check images "
+            f"the search never used: {_budget_fig(b['on_check'])}. {b['trial_builds']} trial builds, "
+            f"{b['search_seconds']} s, {escape(b['measured_with'])}.</p>"
+            '<table class="budget-curve"><thead><tr><th>layers reverted</th><th>last reverted</th>'
+            "<th>agreement %</th><th>top-1 %</th><th>batch-1 ms</th></tr></thead>"
+            f"<tbody>{curve}</tbody></table>"
+            '<table class="budget-ranking"><thead><tr><th>rank</th><th>layer (reverted alone)</th>'
+            f"<th>agreement %</th><th>top-1 %</th></tr></thead><tbody>{ranking}</tbody></table>"
+        )
+    return "".join(parts)
+
+
 def _provenance(doc: dict[str, Any]) -> str:
     kinds = "".join(f"<li>{_tag(k, v)} <b>{escape(k)}</b>: {escape(v)}</li>" for k, v in doc["provenance"].items())
     items = []
@@ -165,6 +203,7 @@ def render(doc: dict[str, Any]) -> str:
         "device; MB is the bench process's peak RSS.</p>"
         + "<h2>Per-class accuracy (top-1 %)</h2>"
         + _per_class(doc)
+        + ("<h2>Accuracy budget: sensitivity and fallback</h2>" + _budgets(doc) if _budgets(doc) else "")
         + "<h2>How each figure was obtained</h2>"
         + _provenance(doc)
         + "<h2>Latency estimates</h2>"

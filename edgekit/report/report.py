@@ -50,6 +50,7 @@ class ReportOptions:
     resume: bool = False
     merge: tuple[Path, ...] = ()
     max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
     max_latency_ms: float | None = None
     bench_seconds: float = 1.0
     bench: bool = True
@@ -65,20 +66,37 @@ class ReportOptions:
             raise UsageError("--targets, --precisions and --calib-methods each need at least one value")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise UsageError(f"--max-accuracy-drop must be 0 or more points, not {self.max_accuracy_drop}")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 100:
+            raise UsageError(f"--min-agreement must be a percentage from 0 to 100, not {self.min_agreement}")
         if self.max_latency_ms is not None and self.max_latency_ms <= 0:
             raise UsageError(f"--max-latency-ms must be positive, not {self.max_latency_ms}")
         if self.bench_seconds <= 0:
             raise UsageError(f"--bench-seconds must be positive, not {self.bench_seconds}")
 
 
+def compile_budget(options: ReportOptions) -> tuple[tuple[str, str], ...]:
+    """The accuracy budget the int8 "-budget" combinations compile with: --min-agreement, else an explicit
+    --max-accuracy-drop (which also drives the recommendations); none when neither flag was given."""
+    if options.min_agreement is not None:
+        return (("min_agreement", f"{options.min_agreement:g}"),)
+    if options.max_accuracy_drop is not None:
+        return (("max_accuracy_drop", f"{options.max_accuracy_drop:g}"),)
+    return ()
+
+
 def plan(targets: list[Target], options: ReportOptions) -> list[Combination]:
-    """Every target x precision (x calibration method for int8), each once, in the order given."""
+    """Every target x precision (x calibration method for int8), each once, in the order given; with a budget,
+    one more int8 combination per target compiled under it (naive INT8 stays beside it for comparison)."""
     combos: dict[str, Combination] = {}
+    budget = compile_budget(options)
     for target in targets:
         for precision in dict.fromkeys(options.precisions):
             methods = dict.fromkeys(options.calib_methods) if precision == "int8" else (None,)
             for method in methods:
                 combo = Combination(target, precision, method)
+                combos.setdefault(combo.id, combo)
+            if precision == "int8" and budget:
+                combo = Combination(target, precision, options.calib_methods[0], budget)
                 combos.setdefault(combo.id, combo)
     return list(combos.values())
 
@@ -102,7 +120,7 @@ def _make_output(out: Path) -> None:
 def _key(prep: Prepared, combo: Combination) -> str:
     data = {
         "model": prep.model["sha256"], "target": combo.target.text, "precision": combo.precision,
-        "method": combo.method, "calib": (prep.calib or {}).get("sha256"), "calib_size": prep.calib_size,
+        "method": combo.method, "budget": combo.budget, "calib": (prep.calib or {}).get("sha256"), "calib_size": prep.calib_size,
         "val": prep.val["sha256"], "spec": prep.inputs.spec, "edgekit": __version__,
     }  # fmt: skip
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

@@ -147,9 +147,32 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "input; e2e adds JPEG decoding, preprocessing and postprocessing; est. ms is the roofline estimate for "
         "the target file's device.",
         "",
+        *_budget_lines(doc),
         *estimator_lines(doc["estimator"]),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _budget_lines(doc: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for r in doc["results"]:
+        b = r.get("budget") if r["status"] == "ok" else None
+        if not b:
+            continue
+        lines += [
+            f"## {r['id']}: {b['budget']['text']} ({'met' if b['met'] else 'NOT met'})",
+            "",
+            f"{len(b['layers_kept_in_higher_precision'])} of {b['quantized_layers']} layers in {b['higher_precision']}; "
+            f"check images: {fmt(b['on_check']['agreement_with_fp32'])}% agreement. Curve (layers reverted: "
+            "agreement %, batch-1 ms): "
+            + ", ".join(f"{p['layers_reverted']}: {fmt(p['agreement_with_fp32'])}, {fmt(p.get('latency_ms'), 3)}"
+                        for p in b["curve"]),
+            "",
+            "Most sensitive layers (reverted alone: agreement %): "
+            + ", ".join(f"`{x['layer']}` {fmt(x['agreement_with_fp32'])}" for x in b["sensitivity_ranking"][:5]),
+            "",
+        ]  # fmt: skip
+    return lines
 
 
 def estimator_lines(est: dict[str, Any]) -> list[str]:
