@@ -296,7 +296,7 @@ def compile_model(
     calib: str | Path | None = None,
     val: str | Path | None = None,
     calib_size: int = 300,
-    calibration_method: str = "minmax",
+    calibration_method: str | None = None,
     max_accuracy_drop: str | float | None = None,
     min_agreement: str | float | None = None,
     spec: str | Path | dict | None = None,
@@ -321,6 +321,7 @@ def compile_model(
     log = log or (lambda _msg: None)
     target = target if isinstance(target, Target) else get_target(target)
     precision = target.check_precision(precision or target.default_precision)
+    calibration_method = calibration_method or target.calibration_method
     budget = _budget(max_accuracy_drop, min_agreement, precision, val)
     if precision == "int8" and calib is None:
         raise UsageError("int8 needs calibration images: pass --calib FOLDER (images like those the model will see)")

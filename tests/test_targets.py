@@ -68,3 +68,11 @@ def test_bad_backend_and_precision_rejected():
         parse_target(base + 'backend = "tflite"\nprecisions = ["fp32"]\n', source="t.toml")
     with pytest.raises(UsageError, match="precisions must be"):
         parse_target(base + 'backend = "openvino"\nprecisions = ["int4"]\n', source="t.toml")
+
+
+def test_calibration_method_defaults_per_target(tmp_path):
+    assert get_target("cpu").calibration_method == "minmax"
+    assert get_target("jetson").calibration_method == "percentile"  # measured: bench/tensorrt_sim.py
+    bad = 'name = "x"\nbackend = "onnxruntime"\ndevice = "CPU"\nprecisions = ["int8"]\ncalibration_method = "mse"\n'
+    with pytest.raises(UsageError, match="calibration_method 'mse' is not one of"):
+        parse_target(bad, source="t.toml")

@@ -32,8 +32,8 @@ def add_parser(sub) -> None:
     g.add_argument("--calib", metavar="FOLDER", help="calibration images (searched recursively); needed for int8")
     g.add_argument("--calib-size", type=_args.positive_int, default=300, metavar="N",
                    help="calibration images to sample deterministically (default 300)")  # fmt: skip
-    g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
-                   help="activation range estimation (default minmax)")  # fmt: skip
+    g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"),
+                   help="activation range estimation (default: the target's; minmax, percentile on Jetson)")  # fmt: skip
     g.add_argument("--val", metavar="FOLDER", help="validation images, one sub-folder a class: accuracy vs FP32")
     b = p.add_argument_group(
         "accuracy budget (int8; needs --val; the most sensitive layers return to higher precision)"

@@ -16,6 +16,7 @@ from typing import Any
 from edgekit.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 _HERE = Path(__file__).resolve().parent
 
@@ -51,6 +52,8 @@ class Target:
     aliases: tuple[str, ...] = ()
     arch: str | None = None
     static_shapes: bool = False
+    # INT8 activation-range estimation when the user does not choose one (measured per backend: bench/).
+    calibration_method: str = "minmax"
     hardware: Hardware = field(default_factory=Hardware)
     backend_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     source: str = ""
@@ -108,6 +111,9 @@ def parse_target(text: str, *, source: str) -> Target:
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
         raise UsageError(f"{source}: precisions must be a non-empty list of {', '.join(PRECISIONS)}")
+    method = data.get("calibration_method", "minmax")
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(f"{source}: calibration_method '{method}' is not one of: {', '.join(CALIBRATION_METHODS)}")
     default = data.pop("default_precision", precisions[0])
     if default not in precisions:
         raise UsageError(f"{source}: default_precision '{default}' is not in precisions {list(precisions)}")
