@@ -79,6 +79,12 @@ def _reference_session(loaded: LoadedModel):
     return make_session(loaded.onnx.SerializeToString())
 
 
+def reference_session(loaded: LoadedModel, spec: specs.ModelSpec) -> tuple[Any, int]:
+    """ONNX Runtime FP32 on the source model, checked on the spec's input; and the number of classes."""
+    session = _reference_session(loaded)
+    return session, _check_runs(session, spec)
+
+
 def _check_runs(session, spec: specs.ModelSpec) -> int:
     """Run a zero input through the FP32 model; return the number of classes it outputs."""
     x = np.zeros(spec.input.with_batch(1).shape, np.float32)
@@ -337,8 +343,7 @@ def compile_model(
     log(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
     loaded = load_model(model, input_shape=overrides["input"].get("shape"))
     model_spec = _resolve_spec(loaded, overrides, val_path, target)
-    reference = _reference_session(loaded)
-    num_classes = _check_runs(reference, model_spec)
+    reference, num_classes = reference_session(loaded, model_spec)
     if model_spec.labels and len(model_spec.labels) != num_classes:
         raise UsageError(
             f"{len(model_spec.labels)} labels were given but the model outputs {num_classes} "

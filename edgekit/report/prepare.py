@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgekit import spec as specs
 from edgekit.errors import DataError, UsageError
 from edgekit.report import evaluate as ev
@@ -58,21 +56,10 @@ def _overrides(options: Any, loaded: Any) -> dict[str, Any]:
 
 
 def _reference(loaded: Any, spec: specs.ModelSpec):
-    """ONNX Runtime FP32 on the source model, and the number of classes it outputs."""
-    from edgekit.backends.onnxruntime.runtime import make_session
+    """ONNX Runtime FP32 on the source model, and the number of classes it outputs (compile's own check)."""
+    from edgekit.pipeline import reference_session
 
-    session = make_session(loaded.onnx.SerializeToString())
-    x = np.zeros(spec.input.with_batch(1).shape, np.float32)
-    try:
-        out = session.run(None, {spec.input.name: x})[0]
-    except Exception as exc:
-        raise UsageError(
-            f"the model does not run on an input of shape {list(x.shape)} ({str(exc).splitlines()[0][:200]}); "
-            "fix --input-shape or the spec's preprocessing size"
-        ) from None
-    if out.ndim != 2:
-        raise UsageError(f"the model's output has shape {list(out.shape)}; reports cover classifiers (batch, classes)")
-    return session, int(out.shape[1])
+    return reference_session(loaded, spec)
 
 
 def _check_inputs(options: Any) -> None:
