@@ -303,6 +303,7 @@ def compile_model(
     val: str | Path | None = None,
     calib_size: int = 300,
     calibration_method: str | None = None,
+    calibration_percentile: float = 99.999,
     max_accuracy_drop: str | float | None = None,
     min_agreement: str | float | None = None,
     spec: str | Path | dict | None = None,
@@ -328,6 +329,8 @@ def compile_model(
     target = target if isinstance(target, Target) else get_target(target)
     precision = target.check_precision(precision or target.default_precision)
     calibration_method = calibration_method or target.calibration_method
+    if not 50.0 < calibration_percentile <= 100.0:
+        raise UsageError(f"--calib-percentile must be above 50 and at most 100, not {calibration_percentile:g}")
     budget = _budget(max_accuracy_drop, min_agreement, precision, val)
     if precision == "int8" and calib is None:
         raise UsageError("int8 needs calibration images: pass --calib FOLDER (images like those the model will see)")
@@ -356,7 +359,8 @@ def compile_model(
     job = _Job(
         loaded=loaded, spec=model_spec, target=target, precision=precision, reference=reference,
         num_classes=num_classes, calibration=calibration, val_set=_validation(val_path, model_spec, budget),
-        val_root=val_path, calibration_method=calibration_method, output=Path(output), pack=pack, log=log,
+        val_root=val_path, calibration_method=calibration_method, calibration_percentile=calibration_percentile,
+        output=Path(output), pack=pack, log=log,
         int8_drop_warning=int8_drop_warning, budget=budget,
     )  # fmt: skip
     return _build(job)
@@ -401,6 +405,7 @@ class _Job:
     val_set: ImageSet | None
     val_root: Path | None
     calibration_method: str
+    calibration_percentile: float
     output: Path
     pack: bool
     log: Log
@@ -412,6 +417,7 @@ class _Job:
         result = compiler_for(self.target.backend).compile(
             self.loaded.onnx, spec=self.spec, target=self.target, precision=self.precision, staging=staging,
             calibration=self.calibration, calibration_method=self.calibration_method,
+            calibration_percentile=self.calibration_percentile,
             keep_in_higher_precision=excluded,
         )  # fmt: skip
         return _base_manifest(self.loaded, self.spec, self.target, self.precision, result, self.num_classes)

@@ -139,3 +139,25 @@ def test_packed_bundle_round_trip(tiny_onnx, tmp_path):
     with edgekit.load_bundle(out) as bundle:
         assert bundle.predict(TEST_IMAGE, top_k=3).top[0][1] > 0
         assert json.loads(json.dumps(bundle.manifest))["schema_version"] == 1
+
+
+@pytest.mark.parametrize("target", ["cpu", "jetson-orin-nano"])
+def test_each_calibration_method_and_percentile_changes_the_scales(tiny_onnx, tmp_path, target):
+    import onnx
+    from onnx import numpy_helper
+
+    def scales(method: str, percentile: float = 99.999) -> dict[str, float]:
+        m = edgekit.compile_model(
+            tiny_onnx, target=target, precision="int8", output=tmp_path / f"{method}-{percentile}", spec=CIFAR_SPEC,
+            calib=SAMPLE / "calib", calib_size=64, calibration_method=method, calibration_percentile=percentile,
+        )  # fmt: skip
+        q = m.manifest["quantization"]
+        assert q["calibration_method"] == method and q.get("percentile", percentile) == percentile
+        model = onnx.load(str(m.path / "model.onnx"))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+    minmax, p99999, p99 = scales("minmax"), scales("percentile"), scales("percentile", 99.0)
+    for other in (scales("entropy"), p99999, p99):
+        assert set(other) == set(minmax) and other != minmax
+    assert p99 != p99999

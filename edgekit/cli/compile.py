@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
                    help="calibration images to sample deterministically (default 300)")  # fmt: skip
     g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"),
                    help="activation range estimation (default: the target's; minmax, percentile on Jetson)")  # fmt: skip
+    g.add_argument("--calib-percentile", type=float, default=99.999, metavar="P",
+                   help="with --calib-method percentile: the percentile of |activation| kept (default 99.999)")  # fmt: skip
     g.add_argument("--val", metavar="FOLDER", help="validation images, one sub-folder a class: accuracy vs FP32")
     b = p.add_argument_group(
         "accuracy budget (int8; needs --val; the most sensitive layers return to higher precision)"
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda msg: print(f"edgekit: {msg}", file=sys.stderr, flush=True))
     result = compile_model(
         args.model, target=args.target, precision=args.precision, output=args.output, calib=args.calib,
-        val=args.val, calib_size=args.calib_size, calibration_method=args.calib_method,
+        val=args.val, calib_size=args.calib_size, calibration_method=args.calib_method, calibration_percentile=args.calib_percentile,
         max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement, spec=args.spec,
         name=args.name, input_shape=args.input_shape, layout=args.layout, labels=args.labels, pack=args.pack,
         preprocess={"resize": args.resize, "resize_mode": args.resize_mode, "crop": args.crop,

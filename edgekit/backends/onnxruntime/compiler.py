@@ -24,6 +24,7 @@ def compile(
     staging: Path,
     calibration: ImageSet | None = None,
     calibration_method: str = "minmax",
+    calibration_percentile: float = 99.999,
     keep_in_higher_precision: tuple[str, ...] = (),
 ) -> CompileResult:
     onnx = require("onnx", extra="compile", purpose="compiling for ONNX Runtime")
@@ -37,11 +38,11 @@ def compile(
 
         onnx.save(convert_float_to_float16(model, keep_io_types=True), str(out))
     else:
-        recipe = onnxruntime_qdq.CPU_RECIPE
-        if calibration_method != recipe.method:
-            import dataclasses
+        import dataclasses
 
-            recipe = dataclasses.replace(recipe, method=calibration_method)
+        recipe = dataclasses.replace(
+            onnxruntime_qdq.CPU_RECIPE, method=calibration_method, percentile=calibration_percentile
+        )
         quantization = onnxruntime_qdq.quantize(
             model,
             calibration.tensors,

@@ -44,6 +44,7 @@ def compile(
     staging: Path,
     calibration: ImageSet | None = None,
     calibration_method: str = "minmax",
+    calibration_percentile: float = 99.999,
     keep_in_higher_precision: tuple[str, ...] = (),
 ) -> CompileResult:
     ov = require("openvino", extra="compile", purpose="compiling for OpenVINO")

@@ -81,10 +81,11 @@ def _quantize(
     staging: Path,
     keep: tuple[str, ...],
     newest_trt: str,
+    percentile: float = 99.999,
 ) -> tuple[dict[str, Any], list[str]]:
     """Write the Q/DQ ONNX, the FP32 graph it came from and the calibration cache; return provenance, notes."""
     onnx = require("onnx", extra="compile", purpose="compiling for TensorRT")
-    recipe = dataclasses.replace(onnxruntime_qdq.SYMMETRIC_RECIPE, method=method)
+    recipe = dataclasses.replace(onnxruntime_qdq.SYMMETRIC_RECIPE, method=method, percentile=percentile)
     quantization = onnxruntime_qdq.quantize(
         model,
         calibration.tensors,
@@ -124,6 +125,7 @@ def compile(
     staging: Path,
     calibration: ImageSet | None = None,
     calibration_method: str = "minmax",
+    calibration_percentile: float = 99.999,
     keep_in_higher_precision: tuple[str, ...] = (),
 ) -> CompileResult:
     onnx = require("onnx", extra="compile", purpose="compiling for TensorRT")
@@ -135,7 +137,14 @@ def compile(
     files, quantization = [MODEL_FILE], None
     if precision == "int8":
         quantization, more = _quantize(
-            model, spec, calibration, calibration_method, staging, keep_in_higher_precision, newest
+            model,
+            spec,
+            calibration,
+            calibration_method,
+            staging,
+            keep_in_higher_precision,
+            newest,
+            calibration_percentile,
         )
         notes += more
         files += [FP32_FILE, calibration_cache.CACHE_FILE]
