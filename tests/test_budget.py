@@ -95,14 +95,34 @@ def test_agreement_budget_on_unlabelled_frames_reverts_layers_and_holds(tmp_path
 
 
 def test_budget_that_cannot_hold_stops_with_the_best_figures(tmp_path, tiny_onnx, frames):
+    """The search may only revert the stem here (real Q/DQ graphs, real ONNX Runtime): it must give up
+    with the best figures it reached."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgekit.imagesets import load_unlabelled
+    from edgekit.quantize import budget as bud
+    from edgekit.quantize import onnxruntime_qdq as q
+    from edgekit.spec import build_spec
+
+    model = onnx.load(str(tiny_onnx))
+    spec = build_spec(model_input={"name": "input", "shape": (-1, 3, 32, 32), "layout": "NCHW", "dtype": "float32"},
+                      overrides=dict(CIFAR_SPEC))  # fmt: skip
+    images = load_unlabelled(frames, spec).tensors
+    fp32 = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    part = bud.Part(images, None, fp32.run(None, {"input": images})[0])
+
+    def build(excluded):
+        out = tmp_path / f"q{len(excluded)}.onnx"
+        q.quantize(model, images[:64], out, recipe=q.CPU_RECIPE, input_name="input", nodes_to_exclude=excluded)
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        return lambda x: sess.run(None, {"input": x})[0]
+
+    stem = q.quantizable_layers(model)[0]
     with pytest.raises(
-        edgekit.EdgekitError, match=r"does not hold even with all 5 quantized layers .*best reached: agreement"
+        bud.BudgetNotMet, match=r"does not hold even with all 1 quantized layers .*best reached: agreement"
     ):
-        edgekit.compile_model(
-            tiny_onnx, target="cpu", precision="int8", output=tmp_path / "b", spec=CIFAR_SPEC,
-            calib=SAMPLE / "calib", calib_size=64, val=frames, min_agreement="100",
-        )  # fmt: skip
-    assert not (tmp_path / "b").exists()
+        bud.search(layers=[stem], build=build, part=part, budget=bud.Budget.min_agreement("100"))
 
 
 def test_budget_on_the_tensorrt_simulation(tmp_path, tiny_onnx, frames):

@@ -9,6 +9,8 @@ batch. The search never sees the backend; it only measures.
   labelled images; ``--min-agreement A`` (top-1 agreement with FP32, in %) needs none.
 - The validation images are split deterministically into a search part and a check part; the check part
   only confirms the result.
+- Layers: the quantized weighted layers (Conv, Gemm, MatMul) and residual Adds, by the names the backend's
+  tool takes.
 - Sensitivity: each quantized layer is reverted alone and the budget metric re-measured; layers are ranked
   by how much reverting them helps. Then layers are reverted in that order, re-measuring after each, until
   the budget holds; a last pass drops any reverted layer the budget does not need.

@@ -47,9 +47,19 @@ def quantize(
     }
 
 
-WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
+BUDGET_OPS = ("Convolution", "GroupConvolution", "MatMul", "Add")
 
 
 def quantizable_layers(ov_model: Any) -> list[str]:
-    """Friendly names of the weighted ops NNCF quantizes, in graph order: what ``IgnoredScope`` names."""
-    return [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() in WEIGHTED_OPS]
+    """Friendly names of the weighted ops and Adds NNCF quantizes, in graph order: what ``IgnoredScope`` names.
+
+    Adds that only add a bias (a Convolution's or MatMul's output plus a constant) are not layers of their own.
+    """
+    layers = []
+    for op in ov_model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "Add" and any(i.get_node().get_type_name() == "Constant" for i in op.input_values()):
+            continue
+        if kind in BUDGET_OPS:
+            layers.append(op.get_friendly_name())
+    return layers

@@ -197,11 +197,13 @@ def quantize(
     return provenance
 
 
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+# What an accuracy budget may return to higher precision: the weighted layers and the residual Adds (whose
+# Q/DQ would otherwise stay, so that even "every layer reverted" could not reach FP32's agreement).
+BUDGET_OPS = ("Conv", "Gemm", "MatMul", "Add")
 
 
 def quantizable_layers(model: Any) -> list[str]:
-    """Names of the weighted layers (Conv, Gemm, MatMul) the quantizer sees, in graph order.
+    """Names of the layers (Conv, Gemm, MatMul, Add) the quantizer sees, in graph order.
 
     ``quantize`` pre-processes the graph first, so the names are read from the pre-processed graph: they
     are the names ``nodes_to_exclude`` takes.
@@ -214,4 +216,4 @@ def quantizable_layers(model: Any) -> list[str]:
         onnx.save(model, str(src))
         quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
         graph = onnx.load(str(prepped)).graph
-    return [n.name for n in graph.node if n.op_type in WEIGHTED_OPS and n.name]
+    return [n.name for n in graph.node if n.op_type in BUDGET_OPS and n.name]

@@ -1,0 +1,104 @@
+"""The accuracy budget on the reference models: naive INT8 against --min-agreement 99 and 99.5.
+
+    python bench/bench_budget.py [--models resnet mobilenetv2] [--targets cpu jetson-orin-nano intel-cpu]
+
+For each model and target: compiles naive INT8 and the two budgets on the committed data (300 calibration
+images; the 2,000 test images split by edgekit into search and check parts), and reports agreement and
+top-1 on the check part (images the search never used), the layers kept in higher precision, the search
+time, and, on the `cpu` target, batch-1 latency of each bundle against FP32, measured interleaved.
+Writes bench/results/budget.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "examples" / "data" / "cifar10"
+
+
+def compile_one(model: str, target: str, precision: str, out: Path, budget: str | None):
+    import edgekit
+
+    d = ROOT / "examples" / "models" / model
+    t = time.perf_counter()
+    compiled = edgekit.compile_model(
+        d / "model.onnx", spec=d / "model.toml", target=target, precision=precision, output=out,
+        calib=DATA / "calib", val=DATA / "test", min_agreement=budget,
+    )  # fmt: skip
+    return compiled.manifest, time.perf_counter() - t
+
+
+def latencies(paths: dict[str, Path], rounds: int = 8, runs: int = 200) -> dict[str, float]:
+    import edgekit
+
+    bundles = {k: edgekit.load_bundle(p) for k, p in paths.items()}
+    x = np.stack([b.preprocess(DATA / "test" / "cat" / "0000.jpg") for b in bundles.values()][:1])
+    times: dict[str, list[float]] = {k: [] for k in bundles}
+    for _ in range(rounds):
+        for k, b in bundles.items():
+            for _ in range(runs):
+                t = time.perf_counter()
+                b.infer(x)
+                times[k].append(time.perf_counter() - t)
+    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
+
+
+def row(model: str, target: str, label: str, manifest: dict, seconds: float) -> dict:
+    acc, q = manifest["accuracy"], manifest["quantization"] or {}
+    b = q.get("budget")
+    out = {"model": model, "target": target, "variant": label, "compile_seconds": round(seconds, 1),
+           "agreement_all": acc["agreement_with_fp32"], "drop_all": acc["drop_points"],
+           "simulated": bool(acc.get("simulated"))}  # fmt: skip
+    if b:
+        out.update(check=b["on_check"], search=b["on_search"], kept=len(b["layers_kept_in_higher_precision"]),
+                   layers=b["quantized_layers"], search_seconds=b["search_seconds"], met=b["met"])  # fmt: skip
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet", "mobilenetv2"])
+    p.add_argument("--targets", nargs="+", default=["cpu", "jetson-orin-nano", "intel-cpu"])
+    p.add_argument("--budgets", nargs="+", default=["99", "99.5"])
+    a = p.parse_args()
+    rows, speed = [], {}
+    with tempfile.TemporaryDirectory(prefix="edgekit-budget-bench-") as tmp:
+        for model in a.models:
+            for target in a.targets:
+                paths = {}
+                for label, precision, budget in [("fp32", "fp32", None), ("int8", "int8", None)] + [
+                    (f"int8 --min-agreement {b}", "int8", b) for b in a.budgets
+                ]:
+                    if label == "fp32" and target != "cpu":
+                        continue
+                    out = Path(tmp) / f"{model}-{target}-{label.replace(' ', '_')}"
+                    try:
+                        manifest, seconds = compile_one(model, target, precision, out, budget)
+                    except EdgekitError as exc:  # a budget that cannot hold is a result, not a crash
+                        rows.append({"model": model, "target": target, "variant": label, "error": str(exc)})
+                        print(json.dumps(rows[-1]), flush=True)
+                        continue
+                    rows.append(row(model, target, label, manifest, seconds))
+                    paths[label] = out
+                    print(json.dumps(rows[-1]), flush=True)
+                if target == "cpu":
+                    speed[model] = latencies(paths)
+                    print(json.dumps({model: speed[model]}), flush=True)
+    (ROOT / "bench" / "results" / "budget.json").write_text(
+        json.dumps({"rows": rows, "cpu_b1_ms": speed}, indent=2) + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
