@@ -70,6 +70,7 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=["resnet", "mobilenetv2"])
     p.add_argument("--targets", nargs="+", default=["cpu", "jetson-orin-nano", "intel-cpu"])
     p.add_argument("--budgets", nargs="+", default=["99", "99.5"])
+    p.add_argument("--out", default="budget.json", help="file name under bench/results/ (default budget.json)")
     a = p.parse_args()
     rows, speed = [], {}
     with tempfile.TemporaryDirectory(prefix="edgekit-budget-bench-") as tmp:
@@ -94,9 +95,7 @@ def main() -> int:
                 if target == "cpu":
                     speed[model] = latencies(paths)
                     print(json.dumps({model: speed[model]}), flush=True)
-    (ROOT / "bench" / "results" / "budget.json").write_text(
-        json.dumps({"rows": rows, "cpu_b1_ms": speed}, indent=2) + "\n"
-    )
+    (ROOT / "bench" / "results" / a.out).write_text(json.dumps({"rows": rows, "cpu_b1_ms": speed}, indent=2) + "\n")
     return 0
 
 
