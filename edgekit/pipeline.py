@@ -27,7 +27,6 @@ from edgekit.targets import Target, get_target
 
 SELFTEST_INPUTS = 4
 SELFTEST_TOLERANCE = {"fp32": 0.01, "fp16": 0.05, "int8": 0.15}
-SIMULATED = "simulated: ONNX Runtime CPU"  # how accuracy is labelled where a backend's simulator stands in
 INT8_DROP_WARNING = 1.0  # points of top-1: a larger simulated INT8 drop compiles with a warning
 Log = Callable[[str], None]
 
@@ -117,29 +116,16 @@ def _resolve_spec(loaded: LoadedModel, overrides: dict[str, Any], val: Path | No
 
 
 def _eval_device(target: Target, log: Log) -> tuple[str | None, bool, str]:
-    """Where to run the bundle here: (device override, runs on the target itself, description)."""
+    """Where to run the bundle here: (device override, runs on the target itself, description).
+
+    Each backend's compiler module answers through ``measure_here(target, host, log)``."""
     from edgekit.report.machine import cpu_model, usable_cores
 
     host = f"{platform.machine()} host ({cpu_model()}, {usable_cores()} cores)"
-    if target.backend == "onnxruntime":
-        if target.arch_matches_host():
-            return None, True, f"ONNX Runtime CPU on this {host}"
-        return None, False, f"ONNX Runtime CPU on this {host}, standing in for {target.arch}"
-    if target.backend == "openvino":
-        import openvino as ov
-
-        if target.device in ov.Core().available_devices:
-            return None, True, f"OpenVINO {target.device} on this {host}"
-        log(f"OpenVINO device {target.device} is absent here: accuracy is measured on the CPU plugin instead")
-        return "CPU", False, f"OpenVINO CPU on this {host}, standing in for {target.device}"
-    if target.backend == "tensorrt":
-        from edgekit.backends.tensorrt.runtime import gpu_available
-
-        if gpu_available():
-            return None, True, f"TensorRT on this machine's NVIDIA GPU ({host})"
-        log("TensorRT or an NVIDIA GPU is absent here: the bundle's ONNX runs in ONNX Runtime on the CPU instead")
-        return None, False, SIMULATED
-    return None, False, "not run here"
+    measure_here = getattr(compiler_for(target.backend), "measure_here", None)
+    if measure_here is None:
+        return None, False, "not run here"
+    return measure_here(target, host, log)
 
 
 def _eval_runtime(target: Target, on_target: bool) -> tuple[type, bool]:

@@ -128,7 +128,9 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     """Read a model-spec TOML into a dict of overrides; unknown keys are errors naming file and key."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"model spec '{path}' does not exist; pass a TOML file (see docs/model-spec.md)")
+        raise UsageError(
+            f"model spec '{path}' does not exist; pass a TOML file (see the README's \"Inputs and the model spec\")"
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -64,3 +64,10 @@ def compile(
 def quantizable_layers(model: Any, *, spec: ModelSpec, target: Target) -> list[str]:
     """The layers an accuracy budget may keep in higher precision (fp32 here), by the names compile takes."""
     return onnxruntime_qdq.quantizable_layers(model)
+
+
+def measure_here(target: Target, host: str, log) -> tuple[str | None, bool, str]:
+    """(device override, runs on the target itself, description) for measuring a bundle on this machine."""
+    if target.arch_matches_host():
+        return None, True, f"ONNX Runtime CPU on this {host}"
+    return None, False, f"ONNX Runtime CPU on this {host}, standing in for {target.arch}"

@@ -87,3 +87,12 @@ def quantizable_layers(model: Any, *, spec: ModelSpec, target: Target) -> list[s
     """The layers an accuracy budget may keep in higher precision (f32 here), by the names compile takes."""
     static_batch = 1 if target.static_shapes else None
     return nncf_ov.quantizable_layers(_to_ov(model, static_batch))
+
+
+def measure_here(target: Target, host: str, log) -> tuple[str | None, bool, str]:
+    """(device override, runs on the target itself, description): the CPU plugin stands in for absent devices."""
+    ov = require("openvino", extra="compile", purpose="compiling for OpenVINO")
+    if target.device in ov.Core().available_devices:
+        return None, True, f"OpenVINO {target.device} on this {host}"
+    log(f"OpenVINO device {target.device} is absent here: accuracy is measured on the CPU plugin instead")
+    return "CPU", False, f"OpenVINO CPU on this {host}, standing in for {target.device}"

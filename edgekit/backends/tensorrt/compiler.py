@@ -34,6 +34,7 @@ from edgekit.targets import Target
 MODEL_FILE = "model.onnx"
 FP32_FILE = "model_fp32.onnx"
 SIMULATOR = SimulatedRuntime
+SIMULATED = "simulated: ONNX Runtime CPU"  # how accuracy is labelled where the simulator stands in
 INFERENCE_PRECISION = {
     "fp32": "fp32 (TF32 off), built on the device",
     "fp16": "fp16 where TensorRT finds it faster, fp32 elsewhere; built on the device",
@@ -169,3 +170,13 @@ def compile(
         notes=notes,
         build_plan=plan_data,
     )
+
+
+def measure_here(target: Target, host: str, log) -> tuple[str | None, bool, str]:
+    """(device override, runs on the target itself, description): without TensorRT and a GPU, the SIMULATOR."""
+    from edgekit.backends.tensorrt.runtime import gpu_available
+
+    if gpu_available():
+        return None, True, f"TensorRT on this machine's NVIDIA GPU ({host})"
+    log("TensorRT or an NVIDIA GPU is absent here: the bundle's ONNX runs in ONNX Runtime on the CPU instead")
+    return None, False, SIMULATED
