@@ -158,6 +158,42 @@ def test_each_calibration_method_and_percentile_changes_the_scales(tiny_onnx, tm
         return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
 
     minmax, p99999, p99 = scales("minmax"), scales("percentile"), scales("percentile", 99.0)
-    for other in (scales("entropy"), p99999, p99):
+    for other in (scales("entropy"), scales("mse"), p99999, p99):
         assert set(other) == set(minmax) and other != minmax
     assert p99 != p99999
+
+
+def test_each_openvino_calibration_method_changes_the_ranges(tiny_onnx, tmp_path):
+    """NNCF's range estimators behind --calib-method on intel-cpu: each gives other FakeQuantize ranges."""
+    import openvino as ov
+
+    def ranges(method: str, percentile: float = 99.999) -> list[float]:
+        m = edgekit.compile_model(
+            tiny_onnx, target="intel-cpu", precision="int8", output=tmp_path / f"{method}-{percentile}",
+            spec=CIFAR_SPEC, calib=SAMPLE / "calib", calib_size=64, calibration_method=method,
+            calibration_percentile=percentile,
+        )  # fmt: skip
+        assert m.manifest["quantization"]["calibration_method"] == method
+        model = ov.Core().read_model(str(m.path / "model.xml"))
+        found = []
+        for op in model.get_ordered_ops():
+            if op.get_type_name() == "FakeQuantize":
+                high = op.input_value(2).get_node()
+                if high.get_type_name() == "Constant" and high.get_byte_size() == 4:  # per-tensor: activations
+                    found.append(float(high.get_data().reshape(-1)[0]))
+        assert found
+        return found
+
+    default = ranges("mean-minmax")
+    others = [ranges("minmax"), ranges("percentile", 99.0), ranges("mse")]
+    for other in others:
+        assert len(other) == len(default) and other != default
+    assert len({tuple(o) for o in others}) == 3
+
+
+def test_openvino_refuses_entropy_with_the_methods_it_offers(tiny_onnx, tmp_path):
+    from edgekit.errors import UsageError
+
+    with pytest.raises(UsageError, match="not offered for OpenVINO.*minmax, mean-minmax, percentile, mse"):
+        edgekit.compile_model(tiny_onnx, target="intel-cpu", precision="int8", output=tmp_path / "e",
+                              spec=CIFAR_SPEC, calib=SAMPLE / "calib", calib_size=16, calibration_method="entropy")  # fmt: skip

@@ -3,28 +3,70 @@
 from __future__ import annotations
 
 import contextlib
-import sys
+import copy
+import io
 from typing import Any
 
 import numpy as np
 
-from edgekit.errors import require
+from edgekit.errors import UsageError, require
+
+# edgekit's calibration methods in NNCF's terms: the activations' range estimator (weights are always
+# per-channel min/max). NNCF has no entropy (KL) estimator.
+RANGE_ESTIMATORS = {
+    "minmax": "MINMAX (global min and max over the calibration images)",
+    "mean-minmax": "MEAN_MINMAX (NNCF's default for per-tensor activations: the mean of each image's min and max)",
+    "percentile": "MEAN_QUANTILE (the mean of each image's quantiles, outlier probability 1 - P/100)",
+    "mse": "HISTOGRAM (the range minimising the quantization error's L2 norm on a histogram)",
+}
+
+
+def _range_estimator(method: str, percentile: float) -> Any:
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    if method not in RANGE_ESTIMATORS:
+        raise UsageError(
+            f"calibration method '{method}' is not offered for OpenVINO (NNCF has no entropy calibration); "
+            f"choose one of: {', '.join(RANGE_ESTIMATORS)}"
+        )
+    if method == "percentile":
+        params = copy.deepcopy(RangeEstimatorParametersSet.MEAN_QUANTILE)
+        for side in (params.min, params.max):
+            side.quantile_outlier_prob = (100.0 - percentile) / 100.0
+        return params
+    return {"minmax": RangeEstimatorParametersSet.MINMAX, "mean-minmax": RangeEstimatorParametersSet.MEAN_MINMAX,
+            "mse": RangeEstimatorParametersSet.HISTOGRAM}[method]  # fmt: skip
 
 
 def quantize(
-    ov_model: Any, tensors: np.ndarray, *, static_batch: int | None = None, ignored_names: tuple[str, ...] = ()
+    ov_model: Any,
+    tensors: np.ndarray,
+    *,
+    static_batch: int | None = None,
+    ignored_names: tuple[str, ...] = (),
+    method: str = "mean-minmax",
+    percentile: float = 99.999,
 ) -> tuple[Any, dict[str, Any]]:
     """Quantize an ``openvino.Model`` on preprocessed calibration tensors; return it and its provenance."""
     nncf = require("nncf", extra="compile", purpose="OpenVINO INT8 quantization")
     import logging
 
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    batch = static_batch or 1
+    # A dynamic-batch model takes the calibration images in equal batches (the largest divisor of the count up
+    # to 32): statistics collection then takes a second instead of two or three, which counts in a budget
+    # search's dozens of trial builds. A static-batch model takes its own batch.
+    batch = static_batch or max(d for d in range(1, min(32, len(tensors)) + 1) if len(tensors) % d == 0)
     items = [tensors[i : i + batch] for i in range(0, len(tensors) - batch + 1, batch)]
     ignored = nncf.IgnoredScope(names=list(ignored_names)) if ignored_names else None
     kwargs = {"ignored_scope": ignored} if ignored else {}
-    # NNCF draws progress bars on stdout; keep stdout for the command's own output (e.g. --json).
-    with contextlib.redirect_stdout(sys.stderr):
+    estimator = _range_estimator(method, percentile)
+    if method != "mean-minmax":  # NNCF's own default needs no advanced parameters
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(activations_range_estimator_params=estimator)
+    # NNCF draws progress bars on stdout: drop them (edgekit logs its own progress, and keeps stdout for the
+    # command's output, e.g. --json; a budget search would draw dozens).
+    with contextlib.redirect_stdout(io.StringIO()):
         quantized = nncf.quantize(
             ov_model,
             nncf.Dataset(items),
@@ -42,7 +84,10 @@ def quantize(
         "format": "OpenVINO IR with FakeQuantize",
         "activations": "int8 per-tensor symmetric (NNCF PERFORMANCE preset)",
         "weights": "int8 per-channel symmetric",
-        "calibration_method": "minmax",
+        "calibration_method": method,
+        "calibration_batch": batch,
+        "range_estimator": RANGE_ESTIMATORS[method],
+        **({"percentile": percentile} if method == "percentile" else {}),
         "layers_kept_in_higher_precision": sorted(ignored_names),
     }
 

@@ -20,6 +20,7 @@ from typing import Any
 from edgekit._version import __version__
 from edgekit.bundle.manifest import MANIFEST, bundle_hash
 from edgekit.errors import UsageError
+from edgekit.quantize import CALIBRATION_METHODS
 from edgekit.report import summary
 from edgekit.report.combination import Combination, run_combination, skipped
 from edgekit.report.estimate import FORMULA, GraphCost, best_of, host_hardware, validate
@@ -30,7 +31,7 @@ from edgekit.report.progress import Progress
 from edgekit.report.writers import atomic_write, write_outputs
 from edgekit.targets import PRECISIONS, Target, get_target
 
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = CALIBRATION_METHODS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +52,7 @@ class ReportOptions:
     merge: tuple[Path, ...] = ()
     max_accuracy_drop: float | None = None
     min_agreement: float | None = None
+    budget_confidence: float | None = None
     max_latency_ms: float | None = None
     bench_seconds: float = 1.0
     bench: bool = True
@@ -68,6 +70,8 @@ class ReportOptions:
             raise UsageError(f"--max-accuracy-drop must be 0 or more points, not {self.max_accuracy_drop}")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 100:
             raise UsageError(f"--min-agreement must be a percentage from 0 to 100, not {self.min_agreement}")
+        if self.budget_confidence is not None and not 0.5 <= self.budget_confidence < 1:
+            raise UsageError(f"--budget-confidence must be from 0.5 to 0.999, not {self.budget_confidence:g}")
         if self.max_latency_ms is not None and self.max_latency_ms <= 0:
             raise UsageError(f"--max-latency-ms must be positive, not {self.max_latency_ms}")
         if self.bench_seconds <= 0:
@@ -77,10 +81,11 @@ class ReportOptions:
 def compile_budget(options: ReportOptions) -> tuple[tuple[str, str], ...]:
     """The accuracy budget the int8 "-budget" combinations compile with: --min-agreement, else an explicit
     --max-accuracy-drop (which also drives the recommendations); none when neither flag was given."""
+    confidence = () if options.budget_confidence is None else (("budget_confidence", f"{options.budget_confidence:g}"),)
     if options.min_agreement is not None:
-        return (("min_agreement", f"{options.min_agreement:g}"),)
+        return (("min_agreement", f"{options.min_agreement:g}"), *confidence)
     if options.max_accuracy_drop is not None:
-        return (("max_accuracy_drop", f"{options.max_accuracy_drop:g}"),)
+        return (("max_accuracy_drop", f"{options.max_accuracy_drop:g}"), *confidence)
     return ()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from edgekit.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse", "mean-minmax")
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 _HERE = Path(__file__).resolve().parent
 
