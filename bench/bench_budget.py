@@ -1,12 +1,15 @@
 """The accuracy budget on the reference models: naive INT8 against --min-agreement 99 and 99.5.
 
     python bench/bench_budget.py [--models resnet mobilenetv2] [--targets cpu jetson-orin-nano intel-cpu]
+                                 [--val cifar10-test|sample|FOLDER] [--budgets 99 99.5]
 
-For each model and target: compiles naive INT8 and the two budgets on the committed data (300 calibration
-images; the 2,000 test images split by edgekit into search and check parts), and reports agreement and
-top-1 on the check part (images the search never used), the layers kept in higher precision, the search
-time, and, on the `cpu` target, batch-1 latency of each bundle against FP32, measured interleaved.
-Writes bench/results/budget.json.
+For each model and target: compiles naive INT8 and each budget with the committed 300 calibration images
+(from CIFAR-10's train split) and --val: by default the whole CIFAR-10 test split (10,000 images, unpacked
+from ../shared/datasets/cifar10/test.zip into ~/.cache/edgekit-bench), else the committed 2,000-image
+sample. edgekit splits --val into search and check parts; the table reports agreement and top-1 on the
+check part (images the search never used), the layers kept in higher precision, the search time, and on
+the `cpu` target batch-1 latency of each bundle against FP32, measured interleaved.
+Writes bench/results/<--out> (default budget.json).
 """
 
 from __future__ import annotations
@@ -24,16 +27,37 @@ from edgekit.errors import EdgekitError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data" / "cifar10"
+SHARED_TEST = ROOT.parent / "shared" / "datasets" / "cifar10" / "test.zip"
 
 
-def compile_one(model: str, target: str, precision: str, out: Path, budget: str | None):
+def validation_folder(choice: str) -> Path:
+    """The --val folder: the full CIFAR-10 test split (unpacked once), the committed sample, or a folder."""
+    if choice == "sample":
+        return DATA / "test"
+    if choice != "cifar10-test":
+        return Path(choice)
+    if not SHARED_TEST.exists():
+        print(f"{SHARED_TEST} is absent: using the committed 2,000-image sample", file=sys.stderr)
+        return DATA / "test"
+    import zipfile
+
+    cache = Path.home() / ".cache" / "edgekit-bench" / "cifar10"
+    if not (cache / "test").is_dir():
+        tmp = cache.with_name("cifar10.partial")
+        with zipfile.ZipFile(SHARED_TEST) as z:
+            z.extractall(tmp)
+        tmp.rename(cache)
+    return cache / "test"
+
+
+def compile_one(model: str, target: str, precision: str, out: Path, budget: str | None, val: Path):
     import edgekit
 
     d = ROOT / "examples" / "models" / model
     t = time.perf_counter()
     compiled = edgekit.compile_model(
         d / "model.onnx", spec=d / "model.toml", target=target, precision=precision, output=out,
-        calib=DATA / "calib", val=DATA / "test", min_agreement=budget,
+        calib=DATA / "calib", val=val, min_agreement=budget,
     )  # fmt: skip
     return compiled.manifest, time.perf_counter() - t
 
@@ -61,7 +85,9 @@ def row(model: str, target: str, label: str, manifest: dict, seconds: float) -> 
            "simulated": bool(acc.get("simulated"))}  # fmt: skip
     if b:
         out.update(check=b["on_check"], search=b["on_search"], kept=len(b["layers_kept_in_higher_precision"]),
-                   layers=b["quantized_layers"], search_seconds=b["search_seconds"], met=b["met"])  # fmt: skip
+                   layers=b["quantized_layers"], search_seconds=b["search_seconds"], met=b["met"],
+                   margin=b["search_margin_points"], search_images=b["search_images"], check_images=b["check_images"],
+                   trial_builds=b["trial_builds"])  # fmt: skip
     return out
 
 
@@ -70,8 +96,10 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=["resnet", "mobilenetv2"])
     p.add_argument("--targets", nargs="+", default=["cpu", "jetson-orin-nano", "intel-cpu"])
     p.add_argument("--budgets", nargs="+", default=["99", "99.5"])
+    p.add_argument("--val", default="cifar10-test", help="cifar10-test (default), sample, or a folder")
     p.add_argument("--out", default="budget.json", help="file name under bench/results/ (default budget.json)")
     a = p.parse_args()
+    val = validation_folder(a.val)
     rows, speed = [], {}
     with tempfile.TemporaryDirectory(prefix="edgekit-budget-bench-") as tmp:
         for model in a.models:
@@ -84,7 +112,7 @@ def main() -> int:
                         continue
                     out = Path(tmp) / f"{model}-{target}-{label.replace(' ', '_')}"
                     try:
-                        manifest, seconds = compile_one(model, target, precision, out, budget)
+                        manifest, seconds = compile_one(model, target, precision, out, budget, val)
                     except EdgekitError as exc:  # a budget that cannot hold is a result, not a crash
                         rows.append({"model": model, "target": target, "variant": label, "error": str(exc)})
                         print(json.dumps(rows[-1]), flush=True)
@@ -95,7 +123,8 @@ def main() -> int:
                 if target == "cpu":
                     speed[model] = latencies(paths)
                     print(json.dumps({model: speed[model]}), flush=True)
-    (ROOT / "bench" / "results" / a.out).write_text(json.dumps({"rows": rows, "cpu_b1_ms": speed}, indent=2) + "\n")
+    doc = {"val": str(val.relative_to(ROOT)) if ROOT in val.parents else a.val, "rows": rows, "cpu_b1_ms": speed}
+    (ROOT / "bench" / "results" / a.out).write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 

@@ -25,7 +25,7 @@ HIGHER_PRECISION = {"tensorrt": "fp16", "openvino": "fp32 (f32 inference hint)",
 class Trials:
     """Builds trial bundles in a scratch folder and keeps their runtimes until closed."""
 
-    compile_trial: Callable[[Path, tuple[str, ...]], Any]  # (folder, excluded) -> a Runtime
+    compile_trial: Callable[..., Any]  # (folder, excluded[, precision]) -> a Runtime
     on_target: bool
     spec_input_shape: tuple[int, ...]
 
@@ -34,17 +34,26 @@ class Trials:
         self._runtimes: list[Any] = []
         self.count = 0
 
-    def build(self, excluded: tuple[str, ...]):
+    def build(self, excluded: tuple[str, ...], precision: str | None = None):
         self.count += 1
         folder = Path(self._tmp.name) / f"trial-{self.count}"
         folder.mkdir()
-        runtime = self.compile_trial(folder, excluded)
+        runtime = self.compile_trial(folder, excluded, precision) if precision else self.compile_trial(folder, excluded)
         self._runtimes.append(runtime)
         return runtime.infer
 
     def latency(self, infer) -> float:
         x = np.zeros((1, *self.spec_input_shape[1:]), np.float32)
         return measure(lambda: infer(x), warmup=5, min_runs=30, seconds=0.2)["p50_ms"]
+
+    def compare(self, infers: dict[str, Any], rounds: int = 5) -> dict[str, float]:
+        """Batch-1 p50 latency of each, in ms, measured in interleaved rounds (the median of the rounds)."""
+        x = np.zeros((1, *self.spec_input_shape[1:]), np.float32)
+        runs: dict[str, list[float]] = {k: [] for k in infers}
+        for _ in range(rounds):
+            for k, infer in infers.items():
+                runs[k].append(measure(lambda infer=infer: infer(x), warmup=5, min_runs=30, seconds=0.1)["p50_ms"])
+        return {k: float(np.median(v)) for k, v in runs.items()}
 
     def close(self) -> None:
         for runtime in self._runtimes:
@@ -84,7 +93,8 @@ def run(
 ) -> tuple[tuple[str, ...], dict[str, Any], list[str]]:
     """Search, confirm on the check part; return the layers to keep, the manifest record and warnings."""
     latency = trials.latency if trials.on_target else None
-    result = bud.search(layers=layers, build=trials.build, part=search_part, budget=budget, latency=latency, log=log)
+    result = bud.search(layers=layers, build=trials.build, part=search_part, budget=budget,
+                        check_images=len(check_part.tensors), latency=latency, log=log)  # fmt: skip
     final = trials.build(result.excluded)
     check = check_part.figures(np.concatenate(
         [final(check_part.tensors[i : i + 64]) for i in range(0, len(check_part.tensors), 64)]))  # fmt: skip
@@ -94,11 +104,21 @@ def run(
     warnings = [] if holds else [
         f"the accuracy budget ({budget.describe()}) held on the search images but not on the check images "
         f"({check.to_dict()}); give --val more images"]  # fmt: skip
+    speed = _speed(trials, final, result.excluded) if trials.on_target else None
+    if speed and speed["budgeted_speedup_vs_fp32"] < WORTHWHILE_SPEEDUP:
+        warnings.append(
+            f"this budget costs the INT8 speed-up: with {len(result.excluded)} of {len(layers)} layers in higher "
+            f"precision the bundle runs at {speed['budgeted_ms']:.3f} ms against FP32's {speed['fp32_ms']:.3f} ms "
+            f"({speed['budgeted_speedup_vs_fp32']:.2f}x; naive INT8 {speed['naive_int8_speedup_vs_fp32']:.2f}x) at "
+            "batch 1; relax the budget, or ship FP32/FP16"
+        )
+        log(warnings[-1])
     record = {
         "budget": budget.to_dict(),
         "met": holds,
         "search_images": len(search_part.tensors),
         "search_margin_points": round(result.margin, 3),
+        "confidence": budget.confidence,
         "check_images": len(check_part.tensors),
         "naive_int8_on_search": result.naive.to_dict(),
         "on_search": result.search.to_dict(),
@@ -108,11 +128,27 @@ def run(
         "quantized_layers": len(layers),
         "sensitivity_ranking": result.ranking,
         "curve": result.curve,
+        "batch1_latency": speed,
         "trial_builds": trials.count,
         "search_seconds": round(result.seconds, 1),
         "measured_with": measured_with,
     }
     return result.excluded, record, warnings
+
+
+# Below this batch-1 speed-up over FP32, the compile says plainly that the budget costs INT8's speed-up.
+WORTHWHILE_SPEEDUP = 1.2
+
+
+def _speed(trials: Trials, final, excluded: tuple[str, ...]) -> dict[str, float]:
+    """Batch-1 latency of FP32, naive INT8 and the budgeted bundle, measured interleaved on the target."""
+    infers = {"fp32": trials.build((), precision="fp32"), "naive_int8": trials.build(()), "budgeted": final}
+    ms = trials.compare(infers)
+    return {
+        "fp32_ms": round(ms["fp32"], 4), "naive_int8_ms": round(ms["naive_int8"], 4), "budgeted_ms": round(ms["budgeted"], 4),
+        "naive_int8_speedup_vs_fp32": round(ms["fp32"] / ms["naive_int8"], 3),
+        "budgeted_speedup_vs_fp32": round(ms["fp32"] / ms["budgeted"], 3),
+    }  # fmt: skip
 
 
 def layers_for(loaded_onnx: Any, spec: Any, target: Any) -> list[str]:

@@ -292,6 +292,7 @@ def compile_model(
     calibration_percentile: float = 99.999,
     max_accuracy_drop: str | float | None = None,
     min_agreement: str | float | None = None,
+    budget_confidence: float | str = 0.95,
     spec: str | Path | dict | None = None,
     name: str | None = None,
     input_shape: Sequence[int] | None = None,
@@ -308,7 +309,8 @@ def compile_model(
     ``calib_size`` images). ``val`` (one sub-folder a class) measures accuracy against FP32 and gives the
     labels unless ``labels`` or the spec file does. ``max_accuracy_drop`` (top-1 points, or "B%" relative)
     or ``min_agreement`` (% top-1 agreement with FP32; ``val`` may then be unlabelled) sets an accuracy
-    budget: the most sensitive layers go back to higher precision until it holds. The bundle at ``output``
+    budget: the most sensitive layers go back to higher precision until it holds, with enough to spare on the
+    search images that the check images confirm it at ``budget_confidence``. The bundle at ``output``
     is replaced only once the new one is complete and has passed its self-test.
     """
     log = log or (lambda _msg: None)
@@ -317,7 +319,7 @@ def compile_model(
     calibration_method = calibration_method or target.calibration_method
     if not 50.0 < calibration_percentile <= 100.0:
         raise UsageError(f"--calib-percentile must be above 50 and at most 100, not {calibration_percentile:g}")
-    budget = _budget(max_accuracy_drop, min_agreement, precision, val)
+    budget = _budget(max_accuracy_drop, min_agreement, precision, val, budget_confidence)
     if precision == "int8" and calib is None:
         raise UsageError("int8 needs calibration images: pass --calib FOLDER (images like those the model will see)")
     if calib_size < 1:
@@ -352,13 +354,17 @@ def compile_model(
     return _build(job)
 
 
-def _budget(max_drop, min_agreement, precision: str, val) -> Budget | None:
+def _budget(max_drop, min_agreement, precision: str, val, confidence: float | str = 0.95) -> Budget | None:
     if max_drop is None and min_agreement is None:
         return None
     if max_drop is not None and min_agreement is not None:
         raise UsageError("give one budget: --max-accuracy-drop or --min-agreement, not both")
     flag = "--max-accuracy-drop" if max_drop is not None else "--min-agreement"
-    budget = Budget.max_accuracy_drop(max_drop) if max_drop is not None else Budget.min_agreement(min_agreement)
+    budget = (
+        Budget.max_accuracy_drop(max_drop, confidence)
+        if max_drop is not None
+        else Budget.min_agreement(min_agreement, confidence)
+    )
     if val is None:
         raise UsageError(f"{flag} needs validation images to measure it on: pass --val FOLDER")
     if precision != "int8":
@@ -398,15 +404,18 @@ class _Job:
     int8_drop_warning: float = INT8_DROP_WARNING
     budget: Budget | None = None
 
-    def compile_into(self, staging: Path, excluded: tuple[str, ...] = ()) -> dict[str, Any]:
+    def compile_into(
+        self, staging: Path, excluded: tuple[str, ...] = (), precision: str | None = None
+    ) -> dict[str, Any]:
         """Compile into ``staging`` with ``excluded`` layers in higher precision; return the manifest so far."""
+        precision = precision or self.precision
         result = compiler_for(self.target.backend).compile(
-            self.loaded.onnx, spec=self.spec, target=self.target, precision=self.precision, staging=staging,
+            self.loaded.onnx, spec=self.spec, target=self.target, precision=precision, staging=staging,
             calibration=self.calibration, calibration_method=self.calibration_method,
             calibration_percentile=self.calibration_percentile,
             keep_in_higher_precision=excluded,
         )  # fmt: skip
-        return _base_manifest(self.loaded, self.spec, self.target, self.precision, result, self.num_classes)
+        return _base_manifest(self.loaded, self.spec, self.target, precision, result, self.num_classes)
 
     def reference_infer(self, x: np.ndarray) -> np.ndarray:
         return self.reference.run(None, {self.spec.input.name: x})[0]
@@ -417,8 +426,8 @@ def _apply_budget(job: _Job, device, on_target: bool, measured_with: str) -> tup
     images, overlap = job.val_set.without(set(job.calibration.hashes))
     runtime_cls, _ = _eval_runtime(job.target, on_target)
 
-    def trial(folder: Path, excluded: tuple[str, ...]):
-        manifest = job.compile_into(folder, excluded)
+    def trial(folder: Path, excluded: tuple[str, ...], precision: str | None = None):
+        manifest = job.compile_into(folder, excluded, precision)
         return runtime_cls(folder, manifest, device=device)
 
     trials = budgeting.Trials(trial, on_target, job.spec.input.shape)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from edgekit.cli import _args
+from edgekit.quantize import CALIBRATION_METHODS
 
 EPILOG = """examples:
   edgekit compile model.onnx --target cpu --precision int8 --calib calib/ --val val/ -o model.edgekit
@@ -32,8 +33,9 @@ def add_parser(sub) -> None:
     g.add_argument("--calib", metavar="FOLDER", help="calibration images (searched recursively); needed for int8")
     g.add_argument("--calib-size", type=_args.positive_int, default=300, metavar="N",
                    help="calibration images to sample deterministically (default 300)")  # fmt: skip
-    g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"),
-                   help="activation range estimation (default: the target's; minmax, percentile on Jetson)")  # fmt: skip
+    g.add_argument("--calib-method", choices=CALIBRATION_METHODS,
+                   help="activation range estimation (default: the target's, see 'edgekit targets'); mean-minmax is "
+                   "OpenVINO only, entropy is not offered on OpenVINO")  # fmt: skip
     g.add_argument("--calib-percentile", type=float, default=99.999, metavar="P",
                    help="with --calib-method percentile: the percentile of |activation| kept (default 99.999)")  # fmt: skip
     g.add_argument("--val", metavar="FOLDER", help="validation images, one sub-folder a class: accuracy vs FP32")
@@ -48,6 +50,14 @@ def add_parser(sub) -> None:
     )
     bx.add_argument(
         "--min-agreement", metavar="A", help="minimum %% top-1 agreement with FP32 (--val may be unlabelled frames)"
+    )
+    b.add_argument(
+        "--budget-confidence",
+        type=float,
+        default=0.95,
+        metavar="P",
+        help="probability that images the search never saw confirm the budget: the search keeps that much "
+        "to spare (default 0.95)",
     )
     m = p.add_argument_group("model spec (override what the model and --spec say)")
     m.add_argument("--spec", metavar="TOML", help="model-spec file: name, labels, [input], [preprocess]")
@@ -75,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     result = compile_model(
         args.model, target=args.target, precision=args.precision, output=args.output, calib=args.calib,
         val=args.val, calib_size=args.calib_size, calibration_method=args.calib_method, calibration_percentile=args.calib_percentile,
-        max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement, spec=args.spec,
+        max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement,
+        budget_confidence=args.budget_confidence, spec=args.spec,
         name=args.name, input_shape=args.input_shape, layout=args.layout, labels=args.labels, pack=args.pack,
         preprocess={"resize": args.resize, "resize_mode": args.resize_mode, "crop": args.crop,
                     "color_order": args.color_order, "scale": args.scale, "mean": args.mean, "std": args.std},

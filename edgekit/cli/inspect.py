@@ -67,14 +67,23 @@ def _budget_lines(b: dict[str, Any] | None) -> list[str]:
         text = f"agreement {f['agreement_with_fp32']:.2f}%"
         return text if f["top1"] is None else f"{text}, top-1 {f['top1']:.2f}% (drop {f['drop_points']:+.2f})"
 
-    return [
-        f"budget:       {b['budget']['text']}: {'met' if b['met'] else 'NOT met on the check images'}",
+    margin = b.get("search_margin_points")
+    spare = "" if margin is None else f" (searched with {margin:.2f} points to spare, {b.get('confidence', 0.95):.0%})"
+    lines = [
+        f"budget:       {b['budget']['text']}: {'met' if b['met'] else 'NOT met on the check images'}{spare}",
         f"              naive INT8 on {b['search_images']} search images: {fig(b['naive_int8_on_search'])}",
         f"              with {len(b['layers_kept_in_higher_precision'])} of {b['quantized_layers']} layers in "
         f"{b['higher_precision']}: {fig(b['on_search'])}",
         f"              on {b['check_images']} check images the search never used: {fig(b['on_check'])}",
         f"              search: {b['trial_builds']} trial builds in {b['search_seconds']} s, {b['measured_with']}",
     ]
+    speed = b.get("batch1_latency")
+    if speed:
+        lines.append(
+            f"              batch 1: {speed['budgeted_ms']:.3f} ms, FP32 {speed['fp32_ms']:.3f} ms "
+            f"({speed['budgeted_speedup_vs_fp32']:.2f}x; naive INT8 {speed['naive_int8_speedup_vs_fp32']:.2f}x)"
+        )
+    return lines
 
 
 def summary_lines(m: dict[str, Any], *, brief: bool = False) -> list[str]:

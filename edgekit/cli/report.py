@@ -71,6 +71,10 @@ def add_parser(sub) -> None:
     bx.add_argument(
         "--min-agreement", type=_number, metavar="A", help="int8 '-budget' rows: minimum %% top-1 agreement with FP32"
     )
+    b.add_argument(
+        "--budget-confidence", type=_number, metavar="P",
+        help="int8 '-budget' rows: probability the check images confirm the budget (default 0.95)",
+    )  # fmt: skip
     b.add_argument("--max-latency-ms", type=_number, metavar="MS", help="batch-1 p50 latency allowed")
     r = p.add_argument_group("runs")
     r.add_argument("--resume", action="store_true", help="keep the finished combinations of an earlier run in -o")
@@ -92,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         val=args.val, targets=args.targets, precisions=args.precisions, calib=args.calib, calib_size=args.calib_size,
         calib_methods=args.calib_methods, spec=args.spec, labels=args.labels, name=args.name,
         input_shape=args.input_shape, resume=args.resume, merge=tuple(args.merge),
-        max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement, max_latency_ms=args.max_latency_ms,
+        max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement, budget_confidence=args.budget_confidence,
+        max_latency_ms=args.max_latency_ms,
         bench_seconds=args.bench_seconds, bench=not args.no_bench,
     )  # fmt: skip
     doc = run_report(args.model, output=args.output, options=options, progress=not args.quiet)

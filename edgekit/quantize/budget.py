@@ -11,15 +11,23 @@ batch. The search never sees the backend; it only measures.
   only confirms the result.
 - Layers: the quantized weighted layers (Conv, Gemm, MatMul) and residual Adds, by the names the backend's
   tool takes.
-- Sensitivity: each quantized layer is reverted alone and the budget metric re-measured; layers are ranked
-  by how much reverting them helps. Then layers are reverted in that order, re-measuring after each, until
-  the budget holds; a last pass drops any reverted layer the budget does not need.
+- Sensitivity: each quantized layer is reverted alone and the FP32 model's outputs compared with the trial's
+  (normalized mean squared error of the logits, the distance NNCF's accuracy control ranks by): a continuous
+  figure, where agreement on a thousand images moves by whole images and ranks mostly noise. Layers are
+  then reverted in that order, re-measuring the budget's own figure after each, until it holds with the
+  margin below to spare.
+- Margin: the check part is a second sample of the same images' kind, so a figure that only just meets the
+  budget on the search part misses it on the check part about half the time. The search asks for
+  z * sqrt(v (1/n_search + 1/n_check)) to spare, the one-sided prediction bound for the check part's figure
+  at the budget's ``confidence`` (0.95 by default: z = 1.645); v is p (1 - p) at the budget's agreement p, or
+  for a drop budget the rate of images on which FP32 and naive INT8 disagree about being right.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,23 +49,24 @@ class Budget:
     metric: str
     value: float
     relative: bool = False
+    confidence: float = 0.95
 
     @classmethod
-    def max_accuracy_drop(cls, text: str | float) -> Budget:
+    def max_accuracy_drop(cls, text: str | float, confidence: float = 0.95) -> Budget:
         raw = str(text).strip()
         relative = raw.endswith("%")
         value = _number(raw.rstrip("%"), "--max-accuracy-drop")
         if value < 0 or (relative and value > 100) or value > 100:
             raise UsageError(f"--max-accuracy-drop {raw} is out of range; give 0 to 100 points, or 0% to 100%")
-        return cls("accuracy_drop", value, relative)
+        return cls("accuracy_drop", value, relative, _confidence(confidence))
 
     @classmethod
-    def min_agreement(cls, text: str | float) -> Budget:
+    def min_agreement(cls, text: str | float, confidence: float = 0.95) -> Budget:
         raw = str(text).strip()
         value = _number(raw.rstrip("%"), "--min-agreement")
         if not 0 <= value <= 100:
             raise UsageError(f"--min-agreement {raw} is out of range; give a percentage from 0 to 100")
-        return cls("agreement", value)
+        return cls("agreement", value, confidence=_confidence(confidence))
 
     @property
     def needs_labels(self) -> bool:
@@ -67,23 +76,45 @@ class Budget:
         return self.value * fp32_top1 / 100.0 if self.relative else self.value
 
     def holds(self, figures: Figures, *, margin: float = 0.0) -> bool:
-        """Whether the budget holds, with ``margin`` points to spare (the search asks for one standard error)."""
+        """Whether the budget holds, with ``margin`` points to spare (the search asks for ``margin()``)."""
         if self.metric == "agreement":
             return figures.agreement - margin >= self.value - 1e-9
         return figures.drop + margin <= self.allowed_drop(figures.fp32_top1) + 1e-9
 
-    def margin(self, images: int) -> float:
-        """One standard error, in points, of the budget's figure measured on ``images`` images.
+    def margin(self, search_images: int, check_images: int, discordance: float = 0.01) -> float:
+        """Points the search part's figure must clear the budget by for the check part to meet it too.
 
-        Agreement: sqrt(p (1 - p) / n) at the budget's p. Drop: a paired difference whose discordant rate is
-        about 1 - p; the search measures at the budget's edge, so sqrt((1 - p) / n) with p = 0.99 is used.
-        Asking the search part for this much to spare is what keeps the budget holding on images it never saw.
+        The one-sided prediction bound z * sqrt(v (1/n_s + 1/n_c)) at ``confidence``: v = p (1 - p) at the
+        budget's agreement p; for a drop, v = ``discordance``, the rate of images on which exactly one of
+        FP32 and INT8 is right (the variance of a paired difference of two top-1 figures).
         """
-        if images <= 0:
+        if search_images <= 0 or check_images <= 0:
             return 0.0
-        p = self.value / 100.0 if self.metric == "agreement" else 0.99
-        spread = p * (1 - p) if self.metric == "agreement" else (1 - p)
-        return 100.0 * math.sqrt(spread / images)
+        if self.metric == "agreement":
+            p = self.value / 100.0
+            v = p * (1 - p)
+        else:
+            v = max(discordance, 1.0 / search_images)
+        z = statistics.NormalDist().inv_cdf(self.confidence)
+        return 100.0 * z * math.sqrt(v * (1.0 / search_images + 1.0 / check_images))
+
+    def reachable(self, margin: float, fp32_top1: float = 100.0) -> bool:
+        """Whether any model could meet the budget with ``margin`` to spare (an exact copy of FP32 at best)."""
+        if self.metric == "agreement":
+            return self.value + margin <= 100.0 + 1e-9
+        return margin <= self.allowed_drop(fp32_top1) + 1e-9
+
+    def images_needed(self, fp32_top1: float = 100.0, discordance: float = 0.01) -> int:
+        """Validation images (both parts) for the margin to be at most half the room the budget leaves."""
+        z = statistics.NormalDist().inv_cdf(self.confidence)
+        if self.metric == "agreement":
+            p = self.value / 100.0
+            room, v = (1 - p) / 2, p * (1 - p)
+        else:
+            room, v = self.allowed_drop(fp32_top1) / 200.0, max(discordance, 1e-4)
+        if room <= 0:
+            return 0
+        return 2 * math.ceil(2 * z * z * v / (room * room))
 
     def describe(self) -> str:
         if self.metric == "agreement":
@@ -92,7 +123,15 @@ class Budget:
         return f"accuracy drop <= {self.value:g}{unit}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "value": self.value, "relative": self.relative, "text": self.describe()}
+        return {"metric": self.metric, "value": self.value, "relative": self.relative,
+                "confidence": self.confidence, "text": self.describe()}  # fmt: skip
+
+
+def _confidence(value: float | str) -> float:
+    value = _number(str(value), "--budget-confidence")
+    if not 0.5 <= value < 1.0:
+        raise UsageError(f"--budget-confidence {value:g} is out of range; give a probability from 0.5 to 0.999")
+    return value
 
 
 def _number(text: str, flag: str) -> float:
@@ -112,6 +151,8 @@ class Figures:
     agreement: float
     fp32_top1: float = float("nan")
     top1: float = float("nan")
+    nmse: float = float("nan")  # sum((int8 - fp32)^2) / sum(fp32^2) over the logits
+    discordance: float = float("nan")  # share of images on which exactly one of FP32 and INT8 is right
 
     @property
     def drop(self) -> float:
@@ -121,8 +162,11 @@ class Figures:
         def r(v: float) -> float | None:
             return None if math.isnan(v) else round(v, 3)
 
-        return {"agreement_with_fp32": r(self.agreement), "fp32_top1": r(self.fp32_top1), "top1": r(self.top1),
-                "drop_points": r(self.drop)}  # fmt: skip
+        out = {"agreement_with_fp32": r(self.agreement), "fp32_top1": r(self.fp32_top1), "top1": r(self.top1),
+               "drop_points": r(self.drop)}  # fmt: skip
+        if not math.isnan(self.nmse):
+            out["output_nmse"] = float(f"{self.nmse:.4g}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -136,11 +180,13 @@ class Part:
     def figures(self, outputs: np.ndarray) -> Figures:
         pred, ref = outputs.argmax(1), self.fp32_outputs.argmax(1)
         agreement = 100.0 * float((pred == ref).mean())
+        diff = outputs.astype(np.float64) - self.fp32_outputs
+        nmse = float((diff * diff).sum() / max(float((self.fp32_outputs.astype(np.float64) ** 2).sum()), 1e-30))
         if self.labels is None:
-            return Figures(agreement)
-        return Figures(
-            agreement, 100.0 * float((ref == self.labels).mean()), 100.0 * float((pred == self.labels).mean())
-        )
+            return Figures(agreement, nmse=nmse)
+        right, right32 = pred == self.labels, ref == self.labels
+        return Figures(agreement, 100.0 * float(right32.mean()), 100.0 * float(right.mean()), nmse,
+                       float((right != right32).mean()))  # fmt: skip
 
 
 def split(paths: list[Path], root: Path) -> tuple[list[int], list[int]]:
@@ -177,24 +223,34 @@ def search(
     build: Build,
     part: Part,
     budget: Budget,
+    check_images: int,
     batch: int = 64,
     latency: Callable[[Infer], float] | None = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> SearchResult:
-    """Find the fewest layers to keep in higher precision for ``budget`` to hold on ``part``."""
+    """Find the fewest layers to keep in higher precision for ``budget`` to hold on ``part``, with enough to
+    spare that it holds on a check part of ``check_images`` images too."""
     t0 = time.perf_counter()
 
     def measure(excluded: tuple[str, ...]) -> tuple[Figures, Infer]:
         infer = build(excluded)
         return part.figures(_outputs(infer, part.tensors, batch)), infer
 
-    margin = budget.margin(len(part.tensors))
     naive, infer = measure(())
+    n = len(part.tensors)
+    margin = budget.margin(n, check_images, naive.discordance if not math.isnan(naive.discordance) else 0.01)
+    if not budget.reachable(margin, naive.fp32_top1):
+        need = budget.images_needed(naive.fp32_top1, naive.discordance if not math.isnan(naive.discordance) else 0.01)
+        raise BudgetNotMet(
+            f"{n + check_images} validation images are too few to confirm {budget.describe()}: the search part "
+            f"would need {margin:.2f} points to spare at {budget.confidence:.0%} confidence, more than any model "
+            f"can reach; give --val at least {need} images, or relax the budget or --budget-confidence"
+        )
     curve = [_point(0, (), naive, infer, latency)]
     log(f"naive INT8: {_fmt(naive)}; budget: {budget.describe()}, searched with {margin:.2f} points to spare")
     if budget.holds(naive, margin=margin):
         return SearchResult((), naive, naive, [], curve, time.perf_counter() - t0, margin)
-    ranking = _rank(layers, measure, budget, log)
+    ranking = _rank(layers, measure, log)
     excluded: list[str] = []
     figures = naive
     for entry in ranking:
@@ -204,41 +260,24 @@ def search(
         log(f"{len(excluded)} layer(s) in higher precision: {_fmt(figures)}")
         if budget.holds(figures, margin=margin):
             break
-    if not budget.holds(figures, margin=margin) and not budget.holds(figures):
+    if not budget.holds(figures, margin=margin):
         raise BudgetNotMet(
-            f"the budget ({budget.describe()}) does not hold even with all {len(layers)} quantized layers in "
-            f"higher precision (best reached: {_fmt(figures)}); relax the budget or compile in fp16/fp32"
+            f"the budget ({budget.describe()}, with {margin:.2f} points to spare on {n} search images) does not "
+            f"hold even with all {len(layers)} quantized layers in higher precision (best reached: {_fmt(figures)}); "
+            "relax the budget or compile in fp16/fp32"
         )
-    excluded, figures = _prune(excluded, figures, measure, budget, margin)
     return SearchResult(tuple(excluded), naive, figures, ranking, curve, time.perf_counter() - t0, margin)
 
 
-def _score(figures: Figures, budget: Budget) -> float:
-    return figures.agreement if budget.metric == "agreement" else -figures.drop
-
-
-def _rank(layers: list[str], measure, budget: Budget, log) -> list[dict[str, Any]]:
-    """Revert each layer alone; the most helpful first (ties keep the graph's order)."""
+def _rank(layers: list[str], measure, log) -> list[dict[str, Any]]:
+    """Revert each layer alone; rank by how close the trial's outputs come to FP32's (ties keep graph order)."""
     scored = []
     for i, layer in enumerate(layers):
         figures, _ = measure((layer,))
-        scored.append((-_score(figures, budget), i, layer, figures))
-    scored.sort(key=lambda s: (s[0], s[1]))
-    log(f"ranked {len(layers)} quantized layers by sensitivity; most sensitive: {scored[0][2]}")
-    return [{"layer": layer, **figures.to_dict()} for _, _, layer, figures in scored]
-
-
-def _prune(excluded: list[str], figures: Figures, measure, budget: Budget, margin: float) -> tuple[list[str], Figures]:
-    """Drop any reverted layer (least sensitive first) that the budget does not need."""
-    if not budget.holds(figures, margin=margin):  # every layer reverted and only the bare budget holds
-        return excluded, figures
-    kept = list(excluded)
-    for layer in reversed(excluded[:-1]):
-        trial = tuple(x for x in kept if x != layer)
-        trial_figures, _ = measure(trial)
-        if budget.holds(trial_figures, margin=margin):
-            kept, figures = list(trial), trial_figures
-    return kept, figures
+        scored.append((figures.nmse, -figures.agreement, i, layer, figures))
+    scored.sort(key=lambda s: s[:3])
+    log(f"ranked {len(layers)} quantized layers by sensitivity; most sensitive: {scored[0][3]}")
+    return [{"layer": layer, **figures.to_dict()} for *_, layer, figures in scored]
 
 
 def _point(n: int, excluded: tuple[str, ...], figures: Figures, infer: Infer, latency) -> dict[str, Any]:

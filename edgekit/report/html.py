@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from edgekit.report.chart import render_chart
-from edgekit.report.writers import TAGS, estimator_lines, fmt, ms, points, table
+from edgekit.report.writers import TAGS, estimator_lines, fmt, ms, points, speed_sentence, table
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
@@ -127,22 +127,24 @@ def _budgets(doc: dict[str, Any]) -> str:
             for p in b["curve"]
         )
         ranking = "".join(
-            f"<tr><td>{i + 1}</td><td>{escape(x['layer'])}</td><td>{fmt(x['agreement_with_fp32'])}</td>"
-            f"<td>{fmt(x.get('top1'))}</td></tr>"
+            f"<tr><td>{i + 1}</td><td>{escape(x['layer'])}</td><td>{x.get('output_nmse', '-')}</td>"
+            f"<td>{fmt(x['agreement_with_fp32'])}</td><td>{fmt(x.get('top1'))}</td></tr>"
             for i, x in enumerate(b["sensitivity_ranking"])
         )
+        speed = speed_sentence(b).replace("**", "")
         parts.append(
             f"<h3>{escape(r['id'])}: {escape(b['budget']['text'])}, {'met' if b['met'] else 'NOT met'}</h3>"
             f"<p>Naive INT8 on the {b['search_images']} search images: {_budget_fig(b['naive_int8_on_search'])}. "
             f"With {len(b['layers_kept_in_higher_precision'])} of {b['quantized_layers']} layers in "
             f"{escape(b['higher_precision'])}: {_budget_fig(b['on_search'])}; on the {b['check_images']} check images "
             f"the search never used: {_budget_fig(b['on_check'])}. {b['trial_builds']} trial builds, "
-            f"{b['search_seconds']} s, {escape(b['measured_with'])}.</p>"
+            f"{b['search_seconds']} s, {escape(b['measured_with'])}. {escape(speed)}</p>"
             '<table class="budget-curve"><thead><tr><th>layers reverted</th><th>last reverted</th>'
             "<th>agreement %</th><th>top-1 %</th><th>batch-1 ms</th></tr></thead>"
             f"<tbody>{curve}</tbody></table>"
             '<table class="budget-ranking"><thead><tr><th>rank</th><th>layer (reverted alone)</th>'
-            f"<th>agreement %</th><th>top-1 %</th></tr></thead><tbody>{ranking}</tbody></table>"
+            "<th>output NMSE vs FP32</th><th>agreement %</th><th>top-1 %</th></tr></thead>"
+            f"<tbody>{ranking}</tbody></table>"
         )
     return "".join(parts)
 

@@ -159,20 +159,37 @@ def _budget_lines(doc: dict[str, Any]) -> list[str]:
         b = r.get("budget") if r["status"] == "ok" else None
         if not b:
             continue
+        speed = speed_sentence(b)
         lines += [
             f"## {r['id']}: {b['budget']['text']} ({'met' if b['met'] else 'NOT met'})",
             "",
+            *([speed, ""] if speed else []),
             f"{len(b['layers_kept_in_higher_precision'])} of {b['quantized_layers']} layers in {b['higher_precision']}; "
             f"check images: {fmt(b['on_check']['agreement_with_fp32'])}% agreement. Curve (layers reverted: "
             "agreement %, batch-1 ms): "
             + ", ".join(f"{p['layers_reverted']}: {fmt(p['agreement_with_fp32'])}, {fmt(p.get('latency_ms'), 3)}"
                         for p in b["curve"]),
             "",
-            "Most sensitive layers (reverted alone: agreement %): "
-            + ", ".join(f"`{x['layer']}` {fmt(x['agreement_with_fp32'])}" for x in b["sensitivity_ranking"][:5]),
+            "Most sensitive layers (reverted alone: output NMSE against FP32, agreement %): "
+            + ", ".join(f"`{x['layer']}` {x.get('output_nmse', '-')}, {fmt(x['agreement_with_fp32'])}"
+                        for x in b["sensitivity_ranking"][:5]),
             "",
         ]  # fmt: skip
     return lines
+
+
+def speed_sentence(b: dict[str, Any]) -> str:
+    """The budget's batch-1 cost against FP32, said plainly when it eats INT8's speed-up ('' if not measured)."""
+    from edgekit.budgeting import WORTHWHILE_SPEEDUP
+
+    s = b.get("batch1_latency")
+    if not s:
+        return ""
+    text = (f"Batch 1 on this machine: {s['budgeted_ms']:.3f} ms against FP32's {s['fp32_ms']:.3f} ms "
+            f"({s['budgeted_speedup_vs_fp32']:.2f}x; naive INT8 {s['naive_int8_speedup_vs_fp32']:.2f}x).")  # fmt: skip
+    if s["budgeted_speedup_vs_fp32"] < WORTHWHILE_SPEEDUP:
+        text += f" **This budget costs the INT8 speed-up** (under {WORTHWHILE_SPEEDUP:g}x FP32)."
+    return text
 
 
 def estimator_lines(est: dict[str, Any]) -> list[str]:
