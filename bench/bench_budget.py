@@ -50,6 +50,16 @@ def validation_folder(choice: str) -> Path:
     return cache / "test"
 
 
+def first_per_class(val: Path, n: int) -> Path:
+    """A folder of links to the first ``n`` images (by name) of each class folder of ``val``."""
+    out = Path(tempfile.mkdtemp(prefix=f"edgekit-val{n}-"))
+    for folder in sorted(d for d in val.iterdir() if d.is_dir()):
+        (out / folder.name).mkdir()
+        for image in sorted(folder.iterdir())[:n]:
+            (out / folder.name / image.name).symlink_to(image.resolve())
+    return out
+
+
 def compile_one(model: str, target: str, precision: str, out: Path, budget: str | None, val: Path):
     import edgekit
 
@@ -91,15 +101,52 @@ def row(model: str, target: str, label: str, manifest: dict, seconds: float) -> 
     return out
 
 
+def table(doc: dict) -> str:
+    """The README's Markdown table from a results document."""
+    lines = [
+        "| model | target | variant | agreement, check images | top-1 drop, check images | layers kept in higher "
+        "precision | search (trials) | batch-1 ms vs FP32 (cpu) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        if r["variant"] == "fp32":
+            continue
+        target = r["target"] + (" (simulated)" if r.get("simulated") else "")
+        speed = doc["cpu_b1_ms"].get(r["model"], {})
+        ms = ""
+        if r["variant"] in speed and "fp32" in speed:
+            ms = f"{speed[r['variant']]:.3f} vs {speed['fp32']:.3f} ({speed['fp32'] / speed[r['variant']]:.2f}x)"
+        if "error" in r:
+            lines.append(f"| {r['model']} | {target} | `{r['variant']}` | refused: {r['error']} | | | | |")
+        elif "check" not in r:
+            lines.append(f"| {r['model']} | {target} | `{r['variant']}` (naive) | {r['agreement_all']:.2f}% (all) | "
+                         f"{r['drop_all']:+.2f} (all) | 0 | - | {ms} |")  # fmt: skip
+        else:
+            c = r["check"]
+            met = "" if r["met"] else " **(not met)**"
+            lines.append(f"| {r['model']} | {target} | `{r['variant']}` | {c['agreement_with_fp32']:.2f}%{met} | "
+                         f"{c['drop_points']:+.2f} | {r['kept']} of {r['layers']} | {r['search_seconds']:.0f} s "
+                         f"({r.get('trial_builds', '?')}) | {ms} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet", "mobilenetv2"])
     p.add_argument("--targets", nargs="+", default=["cpu", "jetson-orin-nano", "intel-cpu"])
     p.add_argument("--budgets", nargs="+", default=["99", "99.5"])
     p.add_argument("--val", default="cifar10-test", help="cifar10-test (default), sample, or a folder")
+    p.add_argument("--val-per-class", type=int, metavar="N", help="take only the first N images of each class")
+    p.add_argument("--skip-fp32-and-naive", action="store_true", help="compile only the budgeted variants")
     p.add_argument("--out", default="budget.json", help="file name under bench/results/ (default budget.json)")
+    p.add_argument("--table", metavar="JSON", help="only print the Markdown table of an earlier results file")
     a = p.parse_args()
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())))
+        return 0
     val = validation_folder(a.val)
+    if a.val_per_class:
+        val = first_per_class(val, a.val_per_class)
     rows, speed = [], {}
     with tempfile.TemporaryDirectory(prefix="edgekit-budget-bench-") as tmp:
         for model in a.models:
@@ -109,6 +156,8 @@ def main() -> int:
                     (f"int8 --min-agreement {b}", "int8", b) for b in a.budgets
                 ]:
                     if label == "fp32" and target != "cpu":
+                        continue
+                    if a.skip_fp32_and_naive and budget is None:
                         continue
                     out = Path(tmp) / f"{model}-{target}-{label.replace(' ', '_')}"
                     try:
@@ -120,11 +169,14 @@ def main() -> int:
                     rows.append(row(model, target, label, manifest, seconds))
                     paths[label] = out
                     print(json.dumps(rows[-1]), flush=True)
-                if target == "cpu":
+                if target == "cpu" and len(paths) > 1:
                     speed[model] = latencies(paths)
                     print(json.dumps({model: speed[model]}), flush=True)
-    doc = {"val": str(val.relative_to(ROOT)) if ROOT in val.parents else a.val, "rows": rows, "cpu_b1_ms": speed}
+    where = str(val.relative_to(ROOT)) if ROOT in val.parents else a.val
+    doc = {"val": where + (f", first {a.val_per_class} a class" if a.val_per_class else ""), "rows": rows,
+           "cpu_b1_ms": speed}  # fmt: skip
     (ROOT / "bench" / "results" / a.out).write_text(json.dumps(doc, indent=2) + "\n")
+    print(table(doc))
     return 0
 
 

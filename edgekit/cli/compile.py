@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from edgekit.cli import _args
-from edgekit.quantize import CALIBRATION_METHODS
+from edgekit.targets import CALIBRATION_METHODS
 
 EPILOG = """examples:
   edgekit compile model.onnx --target cpu --precision int8 --calib calib/ --val val/ -o model.edgekit

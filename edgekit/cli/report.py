@@ -45,8 +45,9 @@ def add_parser(sub) -> None:
                    help="target names, aliases or .toml paths (default cpu,intel-cpu)")  # fmt: skip
     p.add_argument("--precisions", type=_names, default=("fp32", "fp16", "int8"), metavar="P,P,...",
                    help="precisions to compile (default fp32,fp16,int8)")  # fmt: skip
-    p.add_argument("--calib-methods", type=_names, default=("minmax",), metavar="M,M,...",
-                   help="int8 calibration methods to compare: minmax, entropy, percentile (default minmax)")  # fmt: skip
+    p.add_argument("--calib-methods", type=_names, default=("default",), metavar="M,M,...",
+                   help="int8 calibration methods to compare: default (each target's own), minmax, entropy, "
+                   "percentile, mse, mean-minmax (default: default)")  # fmt: skip
     g = p.add_argument_group("data")
     g.add_argument(
         "--val", type=Path, required=True, metavar="FOLDER", help="validation images, one sub-folder a class"

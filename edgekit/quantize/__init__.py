@@ -1,3 +1,5 @@
 """Quantization: per-backend INT8 recipes built on ONNX Runtime's quantizer and NNCF."""
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse", "mean-minmax")
+from edgekit.targets import CALIBRATION_METHODS
+
+__all__ = ["CALIBRATION_METHODS"]

@@ -14,8 +14,8 @@ edgekit chooses the settings, ONNX Runtime does the work. Two recipes:
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,9 +229,10 @@ def quantize(
         batch = static_batch or _dynamic_batch(len(tensors), recipe.method)
         reader = _Reader(input_name, tensors, batch)
         ranges = _ranges_path(model, tensors, recipe, batch)
-        # ONNX Runtime's histogram calibrators print progress on stdout; keep stdout for the command's output
         excluded = list(nodes_to_exclude) + _activation_chains(prepped, nodes_to_exclude, recipe)
-        with contextlib.redirect_stdout(sys.stderr):
+        # ONNX Runtime's histogram calibrators print progress on stdout: drop it (stdout is the command's output,
+        # and a budget search would print it for every trial)
+        with contextlib.redirect_stdout(io.StringIO()):
             if ranges is not None and not ranges.exists() and recipe.method in ("entropy", "mse"):
                 _histogram_ranges(prepped, reader, recipe, Path(tmp), ranges)
             quantize_static(

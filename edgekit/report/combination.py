@@ -38,7 +38,7 @@ class Combination:
 
     @property
     def id(self) -> str:
-        suffix = f"-{self.method}" if self.method and self.method != "minmax" else ""
+        suffix = f"-{self.method}" if self.method and self.method != self.target.calibration_method else ""
         return f"{self.target.name}-{self.precision}{suffix}{'-budget' if self.budget else ''}"
 
     def describe(self) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def _compile(combo: Combination, inputs: CompileInputs, bundle: Path, note: Note
     start = time.perf_counter()
     result = compile_model(
         inputs.model, target=combo.target, precision=combo.precision, output=bundle, calib=inputs.calib,
-        val=inputs.val, calib_size=inputs.calib_size, calibration_method=combo.method or "minmax",
+        val=inputs.val, calib_size=inputs.calib_size, calibration_method=combo.method,
         spec=inputs.spec, log=log, **dict(combo.budget),
     )  # fmt: skip
     end = time.perf_counter()

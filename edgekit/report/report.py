@@ -20,7 +20,6 @@ from typing import Any
 from edgekit._version import __version__
 from edgekit.bundle.manifest import MANIFEST, bundle_hash
 from edgekit.errors import UsageError
-from edgekit.quantize import CALIBRATION_METHODS
 from edgekit.report import summary
 from edgekit.report.combination import Combination, run_combination, skipped
 from edgekit.report.estimate import FORMULA, GraphCost, best_of, host_hardware, validate
@@ -29,7 +28,7 @@ from edgekit.report.merge import attach, load_bench_file
 from edgekit.report.prepare import Prepared, prepare
 from edgekit.report.progress import Progress
 from edgekit.report.writers import atomic_write, write_outputs
-from edgekit.targets import PRECISIONS, Target, get_target
+from edgekit.targets import CALIBRATION_METHODS, PRECISIONS, Target, get_target
 
 METHODS = CALIBRATION_METHODS
 
@@ -43,7 +42,7 @@ class ReportOptions:
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     calib: Path | None = None
     calib_size: int = 300
-    calib_methods: tuple[str, ...] = ("minmax",)
+    calib_methods: tuple[str, ...] = ("default",)  # "default": each target's own calibration_method
     spec: Path | None = None
     labels: Path | None = None
     name: str | None = None
@@ -62,8 +61,8 @@ class ReportOptions:
             if p not in PRECISIONS:
                 raise UsageError(f"unknown precision '{p}'; choose from: {', '.join(PRECISIONS)}")
         for m in self.calib_methods:
-            if m not in METHODS:
-                raise UsageError(f"unknown calibration method '{m}'; choose from: {', '.join(METHODS)}")
+            if m not in (*METHODS, "default"):
+                raise UsageError(f"unknown calibration method '{m}'; choose from: default, {', '.join(METHODS)}")
         if not self.targets or not self.precisions or not self.calib_methods:
             raise UsageError("--targets, --precisions and --calib-methods each need at least one value")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
@@ -96,14 +95,18 @@ def plan(targets: list[Target], options: ReportOptions) -> list[Combination]:
     budget = compile_budget(options)
     for target in targets:
         for precision in dict.fromkeys(options.precisions):
-            methods = dict.fromkeys(options.calib_methods) if precision == "int8" else (None,)
-            for method in methods:
+            methods = [_method(m, target) for m in options.calib_methods] if precision == "int8" else [None]
+            for method in dict.fromkeys(methods):
                 combo = Combination(target, precision, method)
                 combos.setdefault(combo.id, combo)
             if precision == "int8" and budget:
-                combo = Combination(target, precision, options.calib_methods[0], budget)
+                combo = Combination(target, precision, methods[0], budget)
                 combos.setdefault(combo.id, combo)
     return list(combos.values())
+
+
+def _method(method: str, target: Target) -> str:
+    return target.calibration_method if method == "default" else method
 
 
 def _check_output(out: Path) -> None:

@@ -126,11 +126,14 @@ def test_the_report_itself_needs_no_torch(tmp_path, tiny_onnx, small_val):
 
 def test_each_calibration_method_is_its_own_combination(tmp_path, tiny_onnx, small_val):
     out = tmp_path / "out"
-    proc = run_cli(*_args(tiny_onnx, small_val, out, "--precisions", "int8", "--calib-methods", "minmax,entropy"))
+    proc = run_cli(
+        *_args(tiny_onnx, small_val, out, "--precisions", "int8", "--calib-methods", "default,minmax,entropy,mse")
+    )
     assert proc.returncode == 0, proc.stderr
     doc = load(out)
     assert [(r["id"], r["calibration_method"]) for r in doc["results"]] == [
-        ("cpu-int8", "minmax"),
+        ("cpu-int8", "mse"),  # cpu's own default; naming it again adds nothing
+        ("cpu-int8-minmax", "minmax"),
         ("cpu-int8-entropy", "entropy"),
     ]
     for r in doc["results"]:
