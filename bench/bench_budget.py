@@ -114,7 +114,7 @@ def table(doc: dict) -> str:
         target = r["target"] + (" (simulated)" if r.get("simulated") else "")
         speed = doc["cpu_b1_ms"].get(r["model"], {})
         ms = ""
-        if r["variant"] in speed and "fp32" in speed:
+        if r["target"] == "cpu" and r["variant"] in speed and "fp32" in speed:
             ms = f"{speed[r['variant']]:.3f} vs {speed['fp32']:.3f} ({speed['fp32'] / speed[r['variant']]:.2f}x)"
         if "error" in r:
             lines.append(f"| {r['model']} | {target} | `{r['variant']}` | refused: {r['error']} | | | | |")
