@@ -104,7 +104,7 @@ def run(
     warnings = [] if holds else [
         f"the accuracy budget ({budget.describe()}) held on the search images but not on the check images "
         f"({check.to_dict()}); give --val more images"]  # fmt: skip
-    speed = _speed(trials, final, result.excluded) if trials.on_target else None
+    speed = _speed(trials, final) if trials.on_target else None
     if speed and speed["budgeted_speedup_vs_fp32"] < WORTHWHILE_SPEEDUP:
         warnings.append(
             f"this budget costs the INT8 speed-up: with {len(result.excluded)} of {len(layers)} layers in higher "
@@ -140,7 +140,7 @@ def run(
 WORTHWHILE_SPEEDUP = 1.2
 
 
-def _speed(trials: Trials, final, excluded: tuple[str, ...]) -> dict[str, float]:
+def _speed(trials: Trials, final) -> dict[str, float]:
     """Batch-1 latency of FP32, naive INT8 and the budgeted bundle, measured interleaved on the target."""
     infers = {"fp32": trials.build((), precision="fp32"), "naive_int8": trials.build(()), "budgeted": final}
     ms = trials.compare(infers)

@@ -74,7 +74,7 @@ def test_calibration_method_defaults_per_target(tmp_path):
     # measured: bench/bench_calibration.py (bench/results/calibration.json)
     assert get_target("cpu").calibration_method == "mse"
     assert get_target("jetson").calibration_method == "mse"
-    assert get_target("intel-cpu").calibration_method == "minmax"
+    assert get_target("intel-cpu").calibration_method == "mean-minmax"
     bad = 'name = "x"\nbackend = "onnxruntime"\ndevice = "CPU"\nprecisions = ["int8"]\ncalibration_method = "kl"\n'
     with pytest.raises(UsageError, match="calibration_method 'kl' is not one of"):
         parse_target(bad, source="t.toml")

@@ -19,13 +19,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         rows = [{"name": t.name, "aliases": list(t.aliases), "backend": t.backend, "device": t.device,
                  "precisions": list(t.precisions), "default_precision": t.default_precision,
-                 "description": t.description} for t in targets]  # fmt: skip
+                 "calibration_method": t.calibration_method, "description": t.description} for t in targets]  # fmt: skip
         print(json.dumps(rows, indent=2))
         return 0
-    header = ("TARGET", "ALIASES", "BACKEND", "DEVICE", "PRECISIONS (default first)")
+    header = ("TARGET", "ALIASES", "BACKEND", "DEVICE", "PRECISIONS (default first)", "INT8 CALIBRATION")
     rows = [
         (t.name, ", ".join(t.aliases) or "-", t.backend, t.device,
-         ", ".join([t.default_precision] + [p for p in t.precisions if p != t.default_precision]))
+         ", ".join([t.default_precision] + [p for p in t.precisions if p != t.default_precision]),
+         t.calibration_method if "int8" in t.precisions else "-")
         for t in targets
     ]  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
