@@ -213,6 +213,8 @@ def test_report_takes_the_budget_and_shows_ranking_and_curve(tmp_path, tiny_onnx
     b = rows["cpu-int8-budget"]["budget"]
     assert b["budget"]["metric"] == "agreement" and b["curve"][0]["layers_reverted"] == 0
     assert b["budget"]["confidence"] == 0.6
+    assert b["batch1_latency"]["fp32_ms"] > 0  # cpu is this machine: the budget's cost is measured and said
+    assert "Batch 1 on this machine:" in (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     assert 'class="budget-curve"' in html and 'class="budget-ranking"' in html
     assert "cpu-int8-budget: top-1 agreement with FP32 &gt;= 95%" in html or "cpu-int8-budget" in html
