@@ -159,7 +159,7 @@ def _base_manifest(
     return {
         "schema_version": SCHEMA_VERSION,
         "edgekit_version": __version__,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "name": spec.name,
             "task": spec.task,

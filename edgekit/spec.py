@@ -7,11 +7,11 @@ applies exactly the preprocessing recorded in the bundle), so they import nothin
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit import _toml as tomllib
 from edgekit.errors import UsageError
 
 RESIZE_MODES = ("bilinear", "nearest", "bicubic", "area")

@@ -266,7 +266,7 @@ def bench_bundle(path: str | Path, *, options: BenchOptions | None = None, log: 
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "bundle": identity(bundle),
             "machine": describe_machine(),
             "software": describe_software(bundle.describe()),

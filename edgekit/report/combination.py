@@ -160,5 +160,5 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _finish(record: dict[str, Any]) -> dict[str, Any]:
-    record["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    record["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return record

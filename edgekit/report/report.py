@@ -257,7 +257,7 @@ def document(
         "schema": summary.REPORT_SCHEMA,
         "schema_version": summary.REPORT_SCHEMA_VERSION,
         "edgekit_version": __version__,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "complete": len(rows) == len(combos),
         "progress": {"finished": len(rows), "total": len(combos)},
         "model": prep.model,

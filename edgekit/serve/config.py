@@ -254,7 +254,7 @@ def _flatten(data: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a config file into {field: value}, checking every key and value."""
-    import tomllib
+    from edgekit import _toml as tomllib
 
     path = Path(path)
     try:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from edgekit import _toml as tomllib
 from edgekit.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -108,7 +108,7 @@ class EngineCache:
             "key": asdict(key),
             "sha256": hashlib.sha256(payload).hexdigest(),
             "size": len(payload),
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         path = self.path(key)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.root)
