@@ -25,7 +25,7 @@ HIGHER_PRECISION = {"tensorrt": "fp16", "openvino": "fp32 (f32 inference hint)",
 class Trials:
     """Builds trial bundles in a scratch folder and keeps their runtimes until closed."""
 
-    compile_trial: Callable[..., Any]  # (folder, excluded[, precision]) -> a Runtime
+    compile_trial: Callable[[Path, tuple[str, ...], str | None], Any]  # (folder, excluded, precision) -> Runtime
     on_target: bool
     spec_input_shape: tuple[int, ...]
 
@@ -38,7 +38,7 @@ class Trials:
         self.count += 1
         folder = Path(self._tmp.name) / f"trial-{self.count}"
         folder.mkdir()
-        runtime = self.compile_trial(folder, excluded, precision) if precision else self.compile_trial(folder, excluded)
+        runtime = self.compile_trial(folder, excluded, precision)
         self._runtimes.append(runtime)
         return runtime.infer
 

@@ -238,9 +238,10 @@ def search(
 
     naive, infer = measure(())
     n = len(part.tensors)
-    margin = budget.margin(n, check_images, naive.discordance if not math.isnan(naive.discordance) else 0.01)
+    discordance = 0.01 if math.isnan(naive.discordance) else naive.discordance  # drop budgets only
+    margin = budget.margin(n, check_images, discordance)
     if not budget.reachable(margin, naive.fp32_top1):
-        need = budget.images_needed(naive.fp32_top1, naive.discordance if not math.isnan(naive.discordance) else 0.01)
+        need = budget.images_needed(naive.fp32_top1, discordance)
         raise BudgetNotMet(
             f"{n + check_images} validation images are too few to confirm {budget.describe()}: the search part "
             f"would need {margin:.2f} points to spare at {budget.confidence:.0%} confidence, more than any model "

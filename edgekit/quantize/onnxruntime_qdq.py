@@ -250,7 +250,7 @@ def quantize(
                 **({"calibration_cache_path": str(ranges)} if ranges else {}),
             )
         if nodes_to_exclude:
-            keep_fp32_inputs(out, prepped, nodes_to_exclude, recipe)
+            keep_fp32_inputs(out, prepped, tuple(excluded))
         if prepared_out is not None:
             shutil.copyfile(prepped, prepared_out)
     provenance = {
@@ -325,8 +325,9 @@ def _activation_chains(prepped: Path, layers: tuple[str, ...], recipe: QDQRecipe
     return found
 
 
-def keep_fp32_inputs(qdq_path: Path, prepped: Path, layers: tuple[str, ...], recipe: QDQRecipe) -> None:
-    """Make each kept layer (and the activation ops feeding it) read FP32 activations, weights and biases.
+def keep_fp32_inputs(qdq_path: Path, prepped: Path, keep: tuple[str, ...]) -> None:
+    """Make each kept node (the layers and the activation ops feeding them, ``_activation_chains``) read FP32
+    activations, weights and biases.
 
     ``quantize_static``'s ``nodes_to_exclude`` keeps a node's own arithmetic in FP32, but where a tensor is
     shared with a quantized consumer (or the producer's output is quantized, as in the CPU recipe) the excluded
@@ -344,7 +345,7 @@ def keep_fp32_inputs(qdq_path: Path, prepped: Path, layers: tuple[str, ...], rec
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     have = {i.name for i in graph.initializer}
-    keep = set(layers) | set(_activation_chains(prepped, layers, recipe))
+    keep = set(keep)
     for node in graph.node:
         if node.name not in keep or node.name not in fp32_nodes:
             continue
