@@ -199,6 +199,23 @@ def test_budget_on_the_tensorrt_simulation(tmp_path, tiny_onnx, frames):
     assert b["on_check"]["agreement_with_fp32"] >= 95 and "latency_ms" not in b["curve"][0]
 
 
+def test_budget_on_openvino_keeps_layers_out_of_nncf(tmp_path, tiny_onnx, frames):
+    """The same search on NNCF trial bundles: the kept layers go to NNCF's IgnoredScope and stay f32."""
+    compiled = edgekit.compile_model(
+        tiny_onnx, target="intel-cpu", precision="int8", output=tmp_path / "o", spec=CIFAR_SPEC,
+        calib=SAMPLE / "calib", calib_size=64, val=frames, min_agreement="95",
+    )  # fmt: skip
+    q = compiled.manifest["quantization"]
+    b = q["budget"]
+    assert b["measured_with"].startswith("OpenVINO CPU") and b["higher_precision"].startswith("fp32")
+    assert b["on_search"]["agreement_with_fp32"] - b["search_margin_points"] >= 95
+    assert len(b["layers_kept_in_higher_precision"]) >= 1  # naive INT8 fell short: the search did work
+    assert b["naive_int8_on_search"]["agreement_with_fp32"] < b["on_search"]["agreement_with_fp32"]
+    assert b["met"] == (b["on_check"]["agreement_with_fp32"] >= 95)
+    assert q["layers_kept_in_higher_precision"] == sorted(b["layers_kept_in_higher_precision"])
+    assert "batch1_latency" in b and b["batch1_latency"]["fp32_ms"] > 0  # intel-cpu runs here
+
+
 def test_report_takes_the_budget_and_shows_ranking_and_curve(tmp_path, tiny_onnx, small_val):
     import json
 
