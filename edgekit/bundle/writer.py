@@ -7,6 +7,7 @@ bundle and leaves a previous bundle at the same path untouched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -14,12 +15,18 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgekit.bundle.manifest import MANIFEST, dumps, file_entry
-from edgekit.errors import UsageError
+from edgekit.bundle.manifest import MANIFEST, dumps, file_entry, validate
+from edgekit.bundle.reader import MAX_MANIFEST_BYTES
+from edgekit.errors import BundleError, UsageError
 
 
 def check_output_path(out: Path, *, pack: bool) -> None:
-    """Fail before any work if ``out`` cannot become a bundle."""
+    """Fail before any work if ``out`` cannot become a bundle.
+
+    An existing ``out`` is replaced only when it is a previous edgekit bundle, recognised by its manifest
+    (it parses and validates against the schema) and holding only the files that manifest lists, so that
+    nothing else of the user's is deleted. Any other non-empty folder or file is refused.
+    """
     parent = out.resolve().parent
     if not parent.is_dir():
         raise UsageError(f"cannot write '{out}': folder '{parent}' does not exist; create it or choose another -o")
@@ -31,16 +38,75 @@ def check_output_path(out: Path, *, pack: bool) -> None:
         raise UsageError(
             f"cannot write '{out}': folder '{parent}' is not writable ({exc.strerror}); choose another -o"
         ) from None
+    if out.is_symlink():
+        raise UsageError(f"'{out}' is a symbolic link; choose another -o or remove it")
     if out.is_dir():
         if pack:
             raise UsageError(f"'{out}' is a folder; --pack writes one file, so choose another -o")
-        if any(out.iterdir()) and not (out / MANIFEST).is_file():
-            raise UsageError(f"'{out}' is a non-empty folder that is not a bundle; choose another -o")
+        if any(out.iterdir()):
+            reason = _not_a_folder_bundle(out)
+            if reason:
+                raise UsageError(
+                    f"'{out}' is a non-empty folder that is not a bundle ({reason}); choose another -o or remove it"
+                )
     elif out.exists():
         if not pack:
             raise UsageError(f"'{out}' is a file; a bundle is written as a folder (or use --pack)")
-        if not zipfile.is_zipfile(out):
-            raise UsageError(f"'{out}' exists and is not a packed bundle; choose another -o")
+        reason = _not_a_packed_bundle(out)
+        if reason:
+            raise UsageError(f"'{out}' exists and is not a packed bundle ({reason}); choose another -o or remove it")
+
+
+def _manifest_reason(text: bytes, source: str) -> tuple[str | None, dict[str, Any] | None]:
+    try:
+        manifest = validate(json.loads(text.decode("utf-8")), source=source)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return "its manifest.json is not edgekit's", None
+    except BundleError:
+        return "its manifest.json is not an edgekit manifest", None
+    return None, manifest
+
+
+def _not_a_folder_bundle(out: Path) -> str | None:
+    """Why ``out`` is not a previous edgekit bundle that may be replaced whole, or None."""
+    path = out / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        return "it has no manifest.json"
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        return "its manifest.json is not edgekit's"
+    reason, manifest = _manifest_reason(path.read_bytes(), str(out))
+    if reason:
+        return reason
+    listed = set(manifest["files"]) | {MANIFEST}
+    for folder, dirs, files in os.walk(out, followlinks=False):
+        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]):
+            rel = os.path.relpath(os.path.join(folder, name), out).replace(os.sep, "/")
+            if rel not in listed:
+                return f"it holds '{rel}', which its manifest does not list"
+    return None
+
+
+def _not_a_packed_bundle(out: Path) -> str | None:
+    if not zipfile.is_zipfile(out):
+        return "it is not a zip file"
+    try:
+        with zipfile.ZipFile(out) as zf:
+            try:
+                info = zf.getinfo(MANIFEST)
+            except KeyError:
+                return "it has no manifest.json"
+            if info.file_size > MAX_MANIFEST_BYTES:
+                return "its manifest.json is not edgekit's"
+            reason, manifest = _manifest_reason(zf.read(info), str(out))
+            if reason:
+                return reason
+            listed = set(manifest["files"]) | {MANIFEST}
+            for name in zf.namelist():
+                if not name.endswith("/") and name not in listed:
+                    return f"it holds '{name}', which its manifest does not list"
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError):
+        return "it is a damaged zip file"
+    return None
 
 
 class BundleWriter:

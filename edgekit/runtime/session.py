@@ -11,7 +11,7 @@ import numpy as np
 
 from edgekit.backends.base import runtime_for
 from edgekit.bundle.reader import OpenBundle, open_bundle
-from edgekit.errors import BundleError, UsageError
+from edgekit.errors import BundleError, EdgekitError, UsageError
 from edgekit.runtime import selftest
 from edgekit.runtime.preprocess import preprocess, read_image, softmax
 from edgekit.spec import InputSpec, PreprocessSpec
@@ -67,7 +67,16 @@ class Bundle:
         self.labels: list[str] = list(m["labels"])
         self.output_kind: str = m["postprocess"].get("output", "logits")
         runtime_cls = runtime_for(m["backend"]["name"]).RUNTIME
-        self.runtime = runtime_cls(opened.root, m, device=device)
+        try:
+            self.runtime = runtime_cls(opened.root, m, device=device)
+        except EdgekitError:
+            raise
+        except Exception as exc:  # the vendor runtime refused the bundle's (checksummed) model file
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise BundleError(
+                f"{self.path}: the {m['backend']['name']} runtime cannot load '{m['backend']['model_file']}' "
+                f"({reason}); the bundle is damaged or was tampered with, recompile it"
+            ) from None
         self.selftest_result: selftest.SelfTestResult | None = None
         if run_selftest:
             self.selftest_result = self.self_test()
@@ -91,7 +100,9 @@ class Bundle:
 
     # -- running
     def self_test(self) -> selftest.SelfTestResult:
-        return selftest.run(self.infer, self._opened.root, self.manifest["selftest"])
+        return selftest.run(
+            self.infer, self._opened.root, self.manifest["selftest"], self.input.shape, source=str(self.path)
+        )
 
     @property
     def static_batch(self) -> int | None:
