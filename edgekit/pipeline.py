@@ -302,6 +302,7 @@ def compile_model(
     pack: bool = False,
     log: Log | None = None,
     int8_drop_warning: float = INT8_DROP_WARNING,
+    trust_model_code: bool = False,
 ) -> CompiledBundle:
     """Compile ``model`` (an ONNX/TorchScript/.pt2 path or an nn.Module) for ``target`` into a bundle.
 
@@ -312,6 +313,9 @@ def compile_model(
     budget: the most sensitive layers go back to higher precision until it holds, with enough to spare on the
     search images that the check images confirm it at ``budget_confidence``. The bundle at ``output``
     is replaced only once the new one is complete and has passed its self-test.
+
+    A TorchScript file, or a .pt2 whose loader would run code stored in it (pickled data, say), is refused
+    unless ``trust_model_code`` is true: only for files from someone you trust.
     """
     log = log or (lambda _msg: None)
     target = target if isinstance(target, Target) else get_target(target)
@@ -332,7 +336,7 @@ def compile_model(
         spec, name=name, input_shape=input_shape, layout=layout, labels=labels, preprocess=preprocess
     )
     log(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
-    loaded = load_model(model, input_shape=overrides["input"].get("shape"))
+    loaded = load_model(model, input_shape=overrides["input"].get("shape"), trust_model_code=trust_model_code)
     model_spec = _resolve_spec(loaded, overrides, val_path, target)
     reference, num_classes = reference_session(loaded, model_spec)
     if model_spec.labels and len(model_spec.labels) != num_classes:

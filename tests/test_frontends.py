@@ -42,9 +42,11 @@ def test_onnx_with_external_data(tiny_onnx, tmp_path):
 def test_torchscript_file(tmp_path):
     path = tmp_path / "model.ts"
     torch.jit.save(torch.jit.script(tiny_module()), str(path))
+    with pytest.raises(UsageError, match="--trust-model-code"):  # jit.load runs the archive's code
+        load_model(path, input_shape=(1, 3, 32, 32))
     with pytest.raises(UsageError, match="--input-shape"):
-        load_model(path)
-    loaded = load_model(path, input_shape=(1, 3, 32, 32))
+        load_model(path, trust_model_code=True)
+    loaded = load_model(path, input_shape=(1, 3, 32, 32), trust_model_code=True)
     assert loaded.source_format == "torchscript"
     assert loaded.input["shape"][0] == -1  # exported with a dynamic batch
     np.testing.assert_allclose(_run(loaded), _expected(), rtol=1e-4, atol=1e-4)
@@ -54,6 +56,7 @@ def test_exported_program_file(tmp_path):
     path = tmp_path / "model.pt2"
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(tiny_module(), (torch.zeros(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
+    program.example_inputs = None  # saved without its pickled example inputs: loadable without --trust-model-code
     torch.export.save(program, str(path))
     loaded = load_model(path)
     assert loaded.source_format == "exported_program"

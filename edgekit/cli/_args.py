@@ -55,6 +55,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+TRUST_MODEL_CODE_HELP = (
+    "load a TorchScript file, or a .pt2 that carries pickled data or other code its loader runs (refused "
+    "by default: loading it can run anything); only for files from someone you trust"
+)
+
+
+def add_trust_model_code(parser: argparse.ArgumentParser) -> None:
+    """The --trust-model-code flag of the commands that load a model file (compile, report)."""
+    parser.add_argument("--trust-model-code", action="store_true", help=TRUST_MODEL_CODE_HELP)
+
+
 def scale(text: str) -> float:
     try:
         if "/" in text:

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
         runtime = TensorRTRuntime(opened.root, opened.manifest, cache_dir=args.cache_dir, rebuild=args.force)
         try:
-            result = selftest.run(runtime.infer, opened.root, opened.manifest["selftest"])
+            result = selftest.run(runtime.infer, opened.root, opened.manifest["selftest"],
+                                  tuple(opened.manifest["input"]["shape"]), source=str(args.bundle))  # fmt: skip
             info = runtime.describe()
         finally:
             runtime.close()

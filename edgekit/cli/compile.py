@@ -73,6 +73,7 @@ def add_parser(sub) -> None:
     pre.add_argument("--scale", type=_args.scale, help="pixel multiplier before mean/std (default 1/255)")
     pre.add_argument("--mean", type=_args.float_triple, metavar="R,G,B", help="per-channel mean")
     pre.add_argument("--std", type=_args.float_triple, metavar="R,G,B", help="per-channel std")
+    _args.add_trust_model_code(p)
     p.add_argument("--json", action="store_true", help="print the manifest as JSON when done")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     p.set_defaults(run=run)
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name, input_shape=args.input_shape, layout=args.layout, labels=args.labels, pack=args.pack,
         preprocess={"resize": args.resize, "resize_mode": args.resize_mode, "crop": args.crop,
                     "color_order": args.color_order, "scale": args.scale, "mean": args.mean, "std": args.std},
-        log=log,
+        log=log, trust_model_code=args.trust_model_code,
     )  # fmt: skip
     for warning in result.warnings:
         print(f"edgekit: warning: {warning}", file=sys.stderr)

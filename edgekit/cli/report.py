@@ -84,6 +84,7 @@ def add_parser(sub) -> None:
     r.add_argument("--bench-seconds", type=_number, default=1.0, metavar="S",
                    help="batch-1 latency measuring time per combination (default 1)")  # fmt: skip
     r.add_argument("--no-bench", action="store_true", help="skip edgekit bench; use the compile-time latency")
+    _args.add_trust_model_code(p)
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=run)
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         input_shape=args.input_shape, resume=args.resume, merge=tuple(args.merge),
         max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement, budget_confidence=args.budget_confidence,
         max_latency_ms=args.max_latency_ms,
-        bench_seconds=args.bench_seconds, bench=not args.no_bench,
+        bench_seconds=args.bench_seconds, bench=not args.no_bench, trust_model_code=args.trust_model_code,
     )  # fmt: skip
     doc = run_report(args.model, output=args.output, options=options, progress=not args.quiet)
     if args.json:

@@ -35,10 +35,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(model: Any, *, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+def load_model(
+    model: Any, *, input_shape: tuple[int, ...] | None = None, trust_model_code: bool = False
+) -> LoadedModel:
     """Load a model path or nn.Module; return it as a checked ONNX model.
 
     ``input_shape`` is needed for TorchScript and nn.Module inputs, which do not record their shape.
+    A TorchScript file, or a .pt2 carrying pickled data or anything else its loader would execute, is
+    refused (UsageError) unless ``trust_model_code`` is true; pickled checkpoints are refused always.
     """
     if isinstance(model, (str, Path)):
         path = Path(model)
@@ -50,7 +54,7 @@ def load_model(model: Any, *, input_shape: tuple[int, ...] | None = None) -> Loa
             proto = load_onnx(path)
             return _loaded(proto, "onnx", path.name, _sha256(path))
         if suffix in TORCH_SUFFIXES or suffix == "":
-            return _from_torch_file(path, input_shape)
+            return _from_torch_file(path, input_shape, trust_model_code)
         raise UsageError(
             f"'{path}' has an unknown model extension '{suffix}'; pass .onnx, TorchScript (.ts/.pt) or .pt2"
         )
@@ -69,12 +73,14 @@ def _loaded(proto: Any, fmt: str, name: str, sha: str) -> LoadedModel:
     return LoadedModel(proto, input_info(proto), fmt, name, sha, ends_in_softmax(proto))
 
 
-def _from_torch_file(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
+def _from_torch_file(path: Path, input_shape: tuple[int, ...] | None, trust_model_code: bool) -> LoadedModel:
     from edgekit.frontends import torch as torch_frontend
 
     kind = torch_frontend.sniff(path)
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:
-        out = torch_frontend.torch_file_to_onnx(path, input_shape, Path(tmp) / "model.onnx")
+        out = torch_frontend.torch_file_to_onnx(
+            path, input_shape, Path(tmp) / "model.onnx", trust_model_code=trust_model_code
+        )
         proto = load_onnx(out)
     return _loaded(proto, kind, path.name, _sha256(path))
 

@@ -38,11 +38,18 @@ def _load_external_data(model: Any, path: Path) -> None:
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
     locations = set()
-    for tensor in model.graph.initializer:
+    for tensor in _all_tensors(model):
         if uses_external_data(tensor):
             info = {e.key: e.value for e in tensor.external_data}
             locations.add(info.get("location", ""))
+    folder = path.parent.resolve()
     for location in sorted(locations):
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or ".." in Path(location).parts or not target.is_relative_to(folder):
+            raise ModelError(
+                f"'{path}' refers to external data outside its folder ({location}); edgekit reads only data files "
+                "in the model's own folder: move the data file there and save the model again with a plain file name"
+            )
         if not (path.parent / location).is_file():
             raise ModelError(
                 f"'{path}' refers to an external-data file that is missing ({location}); keep the .onnx file "
@@ -55,6 +62,28 @@ def _load_external_data(model: Any, path: Path) -> None:
             raise ModelError(
                 f"'{path}': its external data cannot be read ({type(exc).__name__}); export it again"
             ) from None
+
+
+def _all_tensors(model: Any) -> list[Any]:
+    """Every TensorProto onnx.load would read external data for: initializers and attribute tensors, in
+    subgraphs and functions too."""
+    tensors: list[Any] = []
+    graphs = [model.graph]
+    nodes = [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            tensors.extend(graph.initializer)
+            nodes.extend(graph.node)
+            continue
+        for attr in nodes.pop().attribute:
+            if attr.HasField("t"):
+                tensors.append(attr.t)
+            tensors.extend(attr.tensors)
+            if attr.HasField("g"):
+                graphs.append(attr.g)
+            graphs.extend(attr.graphs)
+    return tensors
 
 
 def check_ops(model: Any, *, source: str) -> None:

@@ -66,6 +66,7 @@ class CompileInputs:
     val: Path
     bench_seconds: float
     bench: bool = True
+    trust_model_code: bool = False
 
 
 def bundle_identity(bundle: Path) -> dict[str, Any]:
@@ -107,7 +108,7 @@ def _compile(combo: Combination, inputs: CompileInputs, bundle: Path, note: Note
     result = compile_model(
         inputs.model, target=combo.target, precision=combo.precision, output=bundle, calib=inputs.calib,
         val=inputs.val, calib_size=inputs.calib_size, calibration_method=combo.method,
-        spec=inputs.spec, log=log, **dict(combo.budget),
+        spec=inputs.spec, log=log, trust_model_code=inputs.trust_model_code, **dict(combo.budget),
     )  # fmt: skip
     end = time.perf_counter()
     if timeline:

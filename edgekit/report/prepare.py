@@ -91,7 +91,7 @@ def prepare(model: str | Path, options: Any, *, log: Callable[[str], None]) -> P
 
     _check_inputs(options)
     log(f"loading {model}")
-    loaded = load_model(model, input_shape=options.input_shape)
+    loaded = load_model(model, input_shape=options.input_shape, trust_model_code=options.trust_model_code)
     overrides = _overrides(options, loaded)
     spec = specs.build_spec(model_input=loaded.input, overrides=overrides)
     session, classes = _reference(loaded, spec)
@@ -116,7 +116,7 @@ def prepare(model: str | Path, options: Any, *, log: Callable[[str], None]) -> P
     cost = graph_cost(loaded.onnx, spec.input.shape)
     inputs = CompileInputs(
         model=Path(model), spec=overrides, calib=options.calib, calib_size=options.calib_size, val=options.val,
-        bench_seconds=options.bench_seconds, bench=options.bench,
+        bench_seconds=options.bench_seconds, bench=options.bench, trust_model_code=options.trust_model_code,
     )  # fmt: skip
     return Prepared(
         inputs=inputs,

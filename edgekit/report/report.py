@@ -55,6 +55,7 @@ class ReportOptions:
     max_latency_ms: float | None = None
     bench_seconds: float = 1.0
     bench: bool = True
+    trust_model_code: bool = False  # load TorchScript / a .pt2 whose loader runs code stored in it
 
     def __post_init__(self) -> None:
         for p in self.precisions:
