@@ -22,9 +22,9 @@ OPSET = 17
 
 PICKLE_REFUSAL = (
     "'{path}' is a pickled PyTorch checkpoint; edgekit does not load it, because unpickling runs "
-    "arbitrary code. Export the model first: torch.jit.save(torch.jit.script(model), 'model.ts'), "
-    "torch.export.save(torch.export.export(model, (x,)), 'model.pt2'), or "
-    "torch.onnx.export(model, (x,), 'model.onnx'); or pass the nn.Module to edgekit.compile_model()"
+    "arbitrary code. Export the model first: torch.onnx.export(model, (x,), 'model.onnx'), or "
+    "ep = torch.export.export(model, (x,)); ep.example_inputs = None; torch.export.save(ep, 'model.pt2'); "
+    "or pass the nn.Module to edgekit.compile_model()"
 )
 
 
