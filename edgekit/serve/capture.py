@@ -4,14 +4,21 @@ Inference never waits on a queue of old frames: for a live source the capture th
 frame slot, and a frame replaced before the worker took it is counted as dropped. So latency stays
 bounded by one inference, whatever the source's rate. A file or folder (without --realtime) is instead
 read at the model's pace: the capture thread waits for the slot to be taken, and nothing is dropped.
+
+Nothing the source does can end the capture thread: any exception while opening, reading or shaping a
+frame is caught, counted (edgekit_source_errors_total), reported in the source status (so /readyz says
+not ready) and retried with the reconnect backoff. The loop also records what it is waiting for, so
+readiness can tell a source that stopped delivering (stalled) from one waiting on the model.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +26,7 @@ from edgekit.serve.metrics import Metrics
 from edgekit.serve.sources import SourceError, SourceSpec, open_reader, shape_frame
 
 log = logging.getLogger("edgekit.serve")
+MIN_NOMINAL_FPS = 0.01  # a file claiming a lower frame rate is played at this rate with --realtime
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,16 @@ class SourceStatus:
     connected: bool = False
     error: str | None = "not opened yet"
     frames: int = 0  # frames since the last (re)connect
+    errors: int = 0  # exceptions caught in the capture thread over the daemon's life
+    last_frame_mono: float | None = None  # time.monotonic() of the last frame handed to the slot
+    # What the capture thread waits for, and since when (time.monotonic()): "source" (opening or reading:
+    # a long wait here is a stall), "model" (a paced file waiting for its frame to be taken: not a stall),
+    # "backoff" (waiting to reopen a lost source) or "stopped".
+    waiting_for: str = "source"
+    waiting_since: float = field(default_factory=time.monotonic)
+
+    def wait_for(self, what: str) -> None:
+        self.waiting_for, self.waiting_since = what, time.monotonic()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +120,9 @@ class CaptureLoop:
         # dropped, and no decoding is wasted. A live source (or --realtime) cannot wait: the latest wins.
         self.paced_by_model = not spec.live and not options.realtime
         self._seq = 0
+        self._size_logged: tuple[int, int] | None = None
+        self._last_skip_log = -math.inf
+        self._skips_unlogged = 0
         self.thread = threading.Thread(target=self._run, name="edgekit-capture", daemon=True)
 
     def start(self) -> None:
@@ -114,19 +135,35 @@ class CaptureLoop:
             if not first:
                 self.metrics.source_reconnects.inc()
             first = False
+            self.status.wait_for("source")
             try:
                 reader = open_reader(self.spec, resolution=self.options.resolution, fps=self.options.fps,
-                                     timeout=self.options.timeout, rtsp_transport=self.options.rtsp_transport)  # fmt: skip
+                                     timeout=self.options.timeout, rtsp_transport=self.options.rtsp_transport,
+                                     on_skip=self._skipped)  # fmt: skip
             except SourceError as exc:
                 self._lost(str(exc), delay)
                 delay = min(delay * 2, self.options.reconnect_max_delay)
                 continue
+            except Exception as exc:  # whatever opening raises, the thread goes on
+                self._failed("opening", exc, delay)
+                delay = min(delay * 2, self.options.reconnect_max_delay)
+                continue
+            failed: Exception | None = None
             try:
                 delivered = self._pump(reader)
+            except Exception as exc:  # a read or a frame that raises must not end the thread
+                failed, delivered = exc, 0
             finally:
-                reader.close()
+                try:
+                    reader.close()
+                except Exception as exc:
+                    log.debug("closing source '%s' raised %s: %s", self.spec.shown, type(exc).__name__, exc)
             if self.stop.is_set():
                 break
+            if failed is not None:
+                self._failed("reading", failed, delay)
+                delay = min(delay * 2, self.options.reconnect_max_delay)
+                continue
             if delivered:
                 delay = self.options.reconnect_delay
             if delivered and self.options.loop and not self.spec.live:
@@ -136,23 +173,45 @@ class CaptureLoop:
             self._lost(f"source '{self.spec.shown}' {ended} after {delivered} frames", delay)
             if not delivered:
                 delay = min(delay * 2, self.options.reconnect_max_delay)
+        self.status.wait_for("stopped")
         self.metrics.source_connected.set(0)
 
     def _lost(self, reason: str, delay: float) -> None:
         self.status.connected, self.status.error = False, reason
         self.metrics.source_connected.set(0)
         log.warning("%s; reconnecting in %.1f s", reason, delay)
+        self.status.wait_for("backoff")
         self.stop.wait(delay)
+
+    def _skipped(self, path: str, why: str) -> None:
+        """An image-folder file skipped: counted always, logged at most once every 10 s."""
+        self.metrics.source_files_skipped.inc()
+        self._skips_unlogged += 1
+        now = time.monotonic()
+        if now - self._last_skip_log >= 10:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            more = f" (and {self._skips_unlogged - 1} more since the last report)" if self._skips_unlogged > 1 else ""
+            log.warning("skipped image '%s': it %s%s", shown, why, more)
+            self._last_skip_log, self._skips_unlogged = now, 0
+
+    def _failed(self, doing: str, exc: Exception, delay: float) -> None:
+        """An unexpected exception in the capture thread: count it, report it, and retry after ``delay``."""
+        self.status.errors += 1
+        self.metrics.source_errors.inc()
+        text = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        self._lost(f"capture failed {doing} source '{self.spec.shown}': {type(exc).__name__}: {text}"[:500], delay)
 
     def _interval(self, reader) -> float:
         interval = 1.0 / self.options.fps if self.options.fps else 0.0
-        if self.options.realtime and not self.spec.live and reader.nominal_fps:
-            interval = max(interval, 1.0 / reader.nominal_fps)
+        nominal = reader.nominal_fps
+        if self.options.realtime and not self.spec.live and nominal and math.isfinite(nominal) and nominal > 0:
+            interval = max(interval, 1.0 / max(nominal, MIN_NOMINAL_FPS))
         return interval
 
     def _pump(self, reader) -> int:
         """Read frames into the slot until the source ends, fails or the daemon stops; return the count."""
         interval, delivered, last = self._interval(reader), 0, 0.0
+        status = self.status
         while not self.stop.is_set():
             image = reader.read()
             if image is None:
@@ -161,22 +220,38 @@ class CaptureLoop:
             if interval and now - last < interval:
                 if self.spec.live:
                     self.metrics.frames_skipped.inc()
+                    status.wait_for("source")  # a live source's skipped frame still shows it delivers
                     continue
-                self.stop.wait(interval - (now - last))
+                self.stop.wait(interval - (now - last))  # a realtime file's pause counts as waiting on it
                 now = time.perf_counter()
             last = now
-            if not self.status.connected:  # the first frame since start or a loss (a loop is neither)
-                self.status.connected, self.status.error, self.status.frames = True, None, 0
-                self.metrics.source_connected.set(1)
-                log.info("source '%s' connected (%dx%d)", self.spec.shown, image.shape[1], image.shape[0])
+            size = (image.shape[1], image.shape[0])
             image = shape_frame(image, rotate=self.options.rotate, resolution=self.options.resolution)
+            if not status.connected:  # the first frame since start or a loss (a loop is neither)
+                status.connected, status.error, status.frames = True, None, 0
+                self.metrics.source_connected.set(1)
+                log.info("source '%s' connected (%dx%d)", self.spec.shown, *size)
+            if self.options.resolution and size != self._size_logged and size != tuple(self.options.resolution):
+                self._size_logged = size  # logged once per size the source delivers, not per frame
+                log.info("source '%s' delivers %dx%d frames, not the %dx%d asked; they are resized",
+                         self.spec.shown, *size, *self.options.resolution)  # fmt: skip
             self._seq += 1
             delivered += 1
-            self.status.frames += 1
+            status.frames += 1
             self.metrics.frames_captured.inc()
             frame = Frame(image, self._seq, time.time(), now)
             if self.paced_by_model:
+                status.wait_for("model")
                 self.slot.put_when_taken(frame, self.stop)
             elif self.slot.put(frame):
                 self.metrics.frames_dropped.inc()
+            status.last_frame_mono = time.monotonic()
+            status.wait_for("source")
         return delivered
+
+    def stalled_for(self, now: float | None = None) -> float:
+        """Seconds the capture thread has waited on the source for a frame (0 while waiting on the model)."""
+        status = self.status
+        if status.waiting_for != "source":
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - status.waiting_since)

@@ -19,6 +19,7 @@ from typing import Any
 from edgekit.errors import UsageError
 
 TOKEN_ENV = "EDGEKIT_SERVE_TOKEN"
+MIN_TOKEN_LENGTH = 16
 MQTT_PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
 Parser = Callable[[Any, str], Any]
 
@@ -82,13 +83,33 @@ def _bytes(value: Any, where: str) -> int:
     return size
 
 
+MAX_RESOLUTION_SIDE = 8192  # an 8192x8192 BGR frame is 192 MiB; a larger side is refused
+
+
 def _resolution(value: Any, where: str) -> tuple[int, int]:
     if isinstance(value, list) and len(value) == 2:
         value = f"{value[0]}x{value[1]}"
     match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", str(value))
     if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
         raise UsageError(f"{where}: expected WIDTHxHEIGHT such as 640x480, got {value!r}")
-    return int(match.group(1)), int(match.group(2))
+    width, height = int(match.group(1)), int(match.group(2))
+    if width > MAX_RESOLUTION_SIDE or height > MAX_RESOLUTION_SIDE:
+        raise UsageError(
+            f"{where}: {width}x{height} is too large: each side must be 1 to {MAX_RESOLUTION_SIDE} "
+            f"(a {MAX_RESOLUTION_SIDE}x{MAX_RESOLUTION_SIDE} frame is 192 MiB), e.g. 1920x1080"
+        )
+    return width, height
+
+
+def _hosts(value: Any, where: str) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    names = tuple(str(item).strip().lower() for item in items if str(item).strip())
+    for name in names:
+        if not re.fullmatch(r"[a-z0-9._\-]+(:\d+)?|\[[0-9a-f:.]+\](:\d+)?", name):
+            raise UsageError(f"{where}: {name!r} is not a host name (e.g. camera.local, 192.168.1.20, [fe80::1])")
+    if not names:
+        raise UsageError(f"{where}: expected host names, comma separated, got {value!r}")
+    return names
 
 
 def _source(value: Any, where: str) -> str:
@@ -144,8 +165,8 @@ KiB, MiB = 1024, 1024**2
 OPTIONS: tuple[Option, ...] = (
     Option("--source", "source.uri", _source, None, "camera index (0), /dev/videoN, csi://N, a GStreamer pipeline "
            "(with '!'), rtsp://, http(s):// MJPEG URL, video file, image folder or pattern ('frames/*.jpg')", "URI"),
-    Option("--resolution", "source.resolution", _resolution, None, "capture size WIDTHxHEIGHT: asked of cameras, "
-           "frames of other sources are resized to it", "WxH"),
+    Option("--resolution", "source.resolution", _resolution, None, "capture size WIDTHxHEIGHT, each side 1 to "
+           f"{MAX_RESOLUTION_SIDE}: asked of cameras, frames of other sources are resized to it", "WxH"),
     Option("--fps", "source.fps", _number(float, 0.01), None, "frame-rate cap: a live source's extra frames are "
            "skipped, a file or folder is read no faster", "N"),
     Option("--rotate", "source.rotate", _choice(0, 90, 180, 270), 0, "rotate frames clockwise by 0, 90, 180 or 270 "
@@ -161,6 +182,9 @@ OPTIONS: tuple[Option, ...] = (
            "between reconnect attempts, in seconds", "S"),
     Option("--source-timeout", "source.timeout", _number(float, 0.1), 10.0, "open and read timeout of network "
            "sources (RTSP, HTTP), in seconds", "S"),
+    Option("--stall-timeout", "source.stall_timeout", _number(float, 0.5, 3600), 10.0, "/readyz reports not ready "
+           "when the source delivered no frame for this many seconds (a file read at the model's pace is not "
+           "stalled while it waits for the model; with --fps, at least two frame intervals)", "S"),
     Option("--rtsp-transport", "source.rtsp_transport", _choice("tcp", "udp"), "tcp", "RTSP transport", "{tcp,udp}"),
     Option("--top-k", "top_k", _number(int, 1, 1000), 3, "labels in each result", "K"),
     Option("--device", "device", _str, None, "run on another device of the bundle's backend (OpenVINO: CPU, GPU, "
@@ -180,11 +204,28 @@ OPTIONS: tuple[Option, ...] = (
            "/v1/stream.mjpg", "N"),
     Option("--stream-quality", "http.stream_quality", _number(int, 10, 100), 80, "JPEG quality of "
            "/v1/stream.mjpg", "Q"),
+    Option("--allow-host", "http.allow_hosts", _hosts, None, "more Host names the daemon answers to, comma "
+           "separated (on loopback only 127.0.0.1, localhost and [::1] are accepted: DNS rebinding)", "NAMES"),
+    Option("--max-pixels", "http.max_pixels", _number(int, 1, 500_000_000), 50_000_000, "largest image "
+           "(width x height) POST /v1/predict decodes; larger ones are 413", "N"),
+    Option("--decode-budget", "http.decode_budget", _bytes, 256 * MiB, "decoded image bytes in flight at once "
+           "(estimated from each image's header); a predict that does not fit waits, then gets 503", "SIZE"),
+    Option("--decode-wait", "http.decode_wait", _number(float, 0.0, 60), 2.0, "longest wait for room in the "
+           "decode budget before a 503 with Retry-After, in seconds", "S"),
+    Option("--header-timeout", "http.header_timeout", _number(float, 0.1, 3600), 10.0, "close a connection "
+           "whose request headers are not complete this many seconds after it opened or its last answer", "S"),
+    Option("--idle-timeout", "http.idle_timeout", _number(float, 0.1, 3600), 5.0, "close a keep-alive "
+           "connection idle this many seconds", "S"),
+    Option("--max-connections", "http.max_connections", _number(int, 4, 100_000), 200, "open connections "
+           "at most (kept under the file-descriptor limit); at the limit the longest-idle one is closed", "N"),
     Option("--mqtt", "mqtt.url", _mqtt_url, None, "MQTT broker and topic prefix: mqtt://[user[:pass]@]host[:port]"
            f"[/prefix] or mqtts://... (password may come from {MQTT_PASSWORD_ENV})", "URL"),
     Option("--mqtt-qos", "mqtt.qos", _choice(0, 1, 2), 1, "QoS of result messages", "{0,1,2}"),
     Option("--mqtt-buffer", "mqtt.buffer", _number(int, 1, 1_000_000), 1000, "results kept while the broker is "
            "unreachable; the oldest are dropped beyond it", "N"),
+    Option("--mqtt-buffer-bytes", "mqtt.buffer_bytes", _bytes, 16 * MiB, "bytes of results kept while the "
+           "broker is unreachable (with --mqtt-buffer, whichever is reached first); the oldest are dropped beyond "
+           "it", "SIZE"),
     Option("--mqtt-keepalive", "mqtt.keepalive", _number(int, 5, 3600), 30, "MQTT keep-alive, in seconds", "S"),
     Option("--mqtt-client-id", "mqtt.client_id", _str, None, "MQTT client id (default: edgekit-DEVICE_ID)", "ID"),
     Option("--mqtt-ca", "mqtt.ca", _str, None, "mqtts: CA certificate file (default: the system's)", "FILE"),
@@ -215,6 +256,7 @@ class ServeConfig:
     reconnect_delay: float = 0.5
     reconnect_max_delay: float = 30.0
     source_timeout: float = 10.0
+    stall_timeout: float = 10.0
     rtsp_transport: str = "tcp"
     top_k: int = 3
     device: str | None = None
@@ -226,9 +268,17 @@ class ServeConfig:
     max_body: int = 8 * MiB
     stream_fps: float = 15.0
     stream_quality: int = 80
+    allow_host: tuple[str, ...] = ()  # --allow-host, TOML [http] allow_hosts
+    max_pixels: int = 50_000_000
+    decode_budget: int = 256 * MiB
+    decode_wait: float = 2.0
+    header_timeout: float = 10.0
+    idle_timeout: float = 5.0
+    max_connections: int = 200
     mqtt: str | None = None
     mqtt_qos: int = 1
     mqtt_buffer: int = 1000
+    mqtt_buffer_bytes: int = 16 * MiB
     mqtt_keepalive: int = 30
     mqtt_client_id: str | None = None
     mqtt_ca: str | None = None
@@ -318,6 +368,11 @@ def is_loopback(host: str) -> bool:
 
 def check(config: ServeConfig) -> None:
     """Checks that span options; each error names the options to change."""
+    if config.token is not None and len(config.token) < MIN_TOKEN_LENGTH:
+        raise UsageError(
+            f"the token (--token, {TOKEN_ENV} or [http] token) has {len(config.token)} characters; use at least "
+            f"{MIN_TOKEN_LENGTH}, e.g. one made by `openssl rand -hex 16`"
+        )
     if not is_loopback(config.host) and not config.token:
         raise UsageError(
             f"binding {config.host} exposes the daemon beyond this machine: pass --token (or set {TOKEN_ENV}), "

@@ -75,6 +75,7 @@ class Daemon:
         self.worker = InferenceWorker(engine=self.engine, slot=self.slot, fanout=self.fanout, metrics=self.metrics,
                                       device_id=config.device_id, stop=self.stop_event)  # fmt: skip
         self.server = None
+        self.predictor = None
         self._server_thread: threading.Thread | None = None
         self._reloading = threading.Lock()
 
@@ -86,13 +87,14 @@ class Daemon:
 
             publishers.append(MqttPublisher(
                 c.mqtt, device_id=c.device_id, metrics=self.metrics, qos=c.mqtt_qos, buffer=c.mqtt_buffer,
-                keepalive=c.mqtt_keepalive, client_id=c.mqtt_client_id, ca=c.mqtt_ca, cert=c.mqtt_cert,
-                key=c.mqtt_key, insecure=c.mqtt_insecure,
+                buffer_bytes=c.mqtt_buffer_bytes, keepalive=c.mqtt_keepalive, client_id=c.mqtt_client_id,
+                ca=c.mqtt_ca, cert=c.mqtt_cert, key=c.mqtt_key, insecure=c.mqtt_insecure,
             ))  # fmt: skip
         if c.jsonl:
             from edgekit.serve.sinks import JsonlSink
 
-            publishers.append(JsonlSink(c.jsonl, max_bytes=c.jsonl_max_bytes, keep=c.jsonl_keep))
+            publishers.append(JsonlSink(c.jsonl, max_bytes=c.jsonl_max_bytes, keep=c.jsonl_keep,
+                                        metrics=self.metrics))  # fmt: skip
         return publishers
 
     def _note_bundle(self) -> None:
@@ -101,16 +103,41 @@ class Daemon:
                                          backend=str(info["backend"]))  # fmt: skip
 
     # -- state the HTTP layer reads
+    def stall_limit(self) -> float:
+        """Seconds without a frame before the source counts as stalled: --stall-timeout, or two --fps intervals."""
+        return max(self.config.stall_timeout, 2.0 / self.config.fps if self.config.fps else 0.0)
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready only while both threads run, the source is connected and delivered a frame recently.
+
+        ``reasons`` says why not in words, ``codes`` in stable names: stopping, capture_thread_dead,
+        inference_thread_dead, source_not_connected, no_frame_yet, source_stalled.
+        """
         status = self.capture.status
-        reasons = []
-        if self.stop_event.is_set():
-            reasons.append("stopping")
-        if not status.connected:
-            reasons.append(f"source not connected: {status.error}")
+        now = time.monotonic()
+        stalled, limit = self.capture.stalled_for(now), self.stall_limit()
+        age = None if status.last_frame_mono is None else round(now - status.last_frame_mono, 3)
+        checks: list[tuple[bool, str, str]] = [
+            (self.stop_event.is_set(), "stopping", "stopping"),
+            (not self.capture.thread.is_alive() and not self.stop_event.is_set(), "capture_thread_dead",
+             f"the capture thread is not running (last source error: {status.error})"),
+            (not self.worker.thread.is_alive() and not self.stop_event.is_set(), "inference_thread_dead",
+             "the inference thread is not running"),
+            (not status.connected, "source_not_connected", f"source not connected: {status.error}"),
+            (status.last_frame_mono is None, "no_frame_yet",
+             "the source has not delivered a frame yet"),
+            (status.connected and stalled > limit, "source_stalled",
+             f"source stalled: no frame for {stalled:.1f} s (--stall-timeout {limit:g} s)"),
+        ]  # fmt: skip
+        codes = [code for failed, code, _ in checks if failed]
+        reasons = [text for failed, _, text in checks if failed]
         source = {"uri": self.spec.shown, "kind": self.spec.kind, "connected": status.connected,
-                  "error": status.error, "frames_since_connect": status.frames}  # fmt: skip
-        return not reasons, {"reasons": reasons, "source": source, "bundle": self.engine.bundle.hash[:16]}
+                  "error": status.error, "frames_since_connect": status.frames, "errors": status.errors,
+                  "last_frame_age_s": age, "waiting_for": status.waiting_for,
+                  "waiting_s": round(now - status.waiting_since, 3), "stall_timeout_s": limit}  # fmt: skip
+        threads = {"capture": self.capture.thread.is_alive(), "inference": self.worker.thread.is_alive()}
+        return not reasons, {"reasons": reasons, "codes": codes, "source": source, "threads": threads,
+                             "bundle": self.engine.bundle.hash[:16]}  # fmt: skip
 
     def info(self) -> dict[str, Any]:
         return {
@@ -135,9 +162,18 @@ class Daemon:
         import uvicorn
 
         from edgekit.serve.http import build_app
+        from edgekit.serve.server import ACCEPT_BACKLOG, Predictor, connection_limit, protocol_class
 
-        config = uvicorn.Config(build_app(self), log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=1, timeout_keep_alive=5, ws="none")  # fmt: skip
+        c = self.config
+        self.predictor = Predictor(self.engine, budget=c.decode_budget, wait=c.decode_wait)
+        limit = connection_limit(c.max_connections)
+        if limit < c.max_connections:
+            log.info("at most %d connections (--max-connections %d, under the open-file limit)", limit,
+                     c.max_connections)  # fmt: skip
+        protocol = protocol_class(header_timeout=c.header_timeout, max_connections=limit)
+        config = uvicorn.Config(build_app(self), log_config=None, access_log=False, lifespan="off", http=protocol,
+                                timeout_graceful_shutdown=1, timeout_keep_alive=c.idle_timeout, ws="none",
+                                backlog=ACCEPT_BACKLOG)  # fmt: skip
         self.server = uvicorn.Server(config)
         self._server_thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                                name="edgekit-http", daemon=True)  # fmt: skip
@@ -157,16 +193,22 @@ class Daemon:
         self.slot.close()
         self.hub.events.close()
         self.hub.frames.close()
+        if self.predictor is not None:
+            self.predictor.closing = True  # new predicts get 503 from now on
         if self.server is not None:
             self.server.should_exit = True
         self.worker.thread.join(max(0.0, min(0.5, deadline - time.monotonic())))
         late = self.fanout.stop(deadline - 0.2)
+        if self.predictor is not None and not self.predictor.close(deadline - 0.1):
+            late.append(f"predict ({self.predictor.active} in flight)")
         if self._server_thread is not None:
             self._server_thread.join(max(0.0, deadline - time.monotonic()))
             if self._server_thread.is_alive():
                 late.append("http")
-        if not self.worker.thread.is_alive():
-            self.engine.close()
+        if self.worker.thread.is_alive():
+            late.append("inference")
+        if not late:
+            self.engine.close()  # only when nothing runs in it
         if late:
             log.warning("stopped with parts still busy: %s", ", ".join(late))
         return not late
@@ -202,8 +244,12 @@ class Daemon:
             while requests:
                 if requests.pop(0) == "stop":
                     log.info("stopping")
-                    self.stop()
+                    finished = self.stop()
                     log.info("stopped")
+                    if not finished:
+                        # A native call (decoder, runtime) still runs in a thread: finalizing the interpreter
+                        # under it can abort (std::terminate). The work is abandoned anyway: exit now.
+                        _exit_now(0)
                     return 0
                 log.info("SIGHUP: reloading %s", self.config.bundle)
                 self._reload_in_background()
@@ -213,11 +259,30 @@ class Daemon:
                 return 1
 
 
+def _exit_now(code: int) -> None:
+    """Flush the logs and end the process at once, without interpreter finalization."""
+    import os
+    import sys
+
+    for name in ("edgekit.serve", "uvicorn.error", "asyncio"):
+        for handler in logging.getLogger(name).handlers:
+            handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def serve(config: ServeConfig) -> int:
     """Run the daemon in this process until SIGTERM or SIGINT; return the exit code."""
+    from edgekit.serve.server import RateLimitFilter
+
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s edgekit-serve %(levelname)s %(message)s"))
-    for name in ("edgekit.serve", "uvicorn.error"):
+    handler.addFilter(RateLimitFilter())  # one line per message kind per 10 s: a flood cannot fill the disk
+    for name in ("edgekit.serve", "uvicorn.error", "asyncio"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(config.log_level.upper())

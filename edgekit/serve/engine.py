@@ -22,6 +22,21 @@ from edgekit.runtime import Bundle, Prediction, load_bundle
 log = logging.getLogger("edgekit.serve")
 
 
+class StaleInput(Exception):
+    """The bundle was swapped for one with other preprocessing between an upload's decode and its inference."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image preprocessed into its model's input tensor (the decoded image already freed)."""
+
+    tensor: np.ndarray
+    bundle: Bundle
+    width: int
+    height: int
+    seconds: float  # the preprocessing's time
+
+
 @dataclass(frozen=True)
 class Inference:
     prediction: Prediction
@@ -70,6 +85,27 @@ class Engine:
             batch = bundle.preprocess(image, color_order="BGR")[None]
             prediction = bundle.postprocess(bundle.infer(batch), top_k=top_k or self.top_k)[0]
             seconds = time.perf_counter() - start
+        return Inference(prediction, seconds, bundle.hash, self.info["model"]["name"])
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """Preprocess outside the inference lock (the decode pool runs this), so the big image is freed at once."""
+        bundle = self.bundle
+        start = time.perf_counter()
+        tensor = bundle.preprocess(image, color_order="BGR")
+        return Prepared(tensor, bundle, int(image.shape[1]), int(image.shape[0]), time.perf_counter() - start)
+
+    def infer(self, prepared: Prepared, *, top_k: int | None = None) -> Inference:
+        """Run a prepared tensor; StaleInput if a reload changed the input or preprocessing meanwhile."""
+        with self._lock:
+            bundle = self.bundle
+            if bundle is not prepared.bundle and (
+                bundle.manifest["preprocess"] != prepared.bundle.manifest["preprocess"]
+                or bundle.manifest["input"] != prepared.bundle.manifest["input"]
+            ):
+                raise StaleInput("the bundle was reloaded with other preprocessing while the image was decoded")
+            start = time.perf_counter()
+            prediction = bundle.postprocess(bundle.infer(prepared.tensor[None]), top_k=top_k or self.top_k)[0]
+            seconds = time.perf_counter() - start + prepared.seconds
         return Inference(prediction, seconds, bundle.hash, self.info["model"]["name"])
 
     def reload(self) -> tuple[bool, str]:

@@ -3,6 +3,12 @@
 Every endpoint but /healthz checks the bearer token when one is set (``Authorization: Bearer T``, or
 ``?access_token=T`` for browsers, whose <img> and EventSource cannot send headers). Errors are JSON
 ``{"error": "..."}`` with a 4xx/5xx status.
+
+Before the token, ``RequestGuard`` checks every request: the ``Host`` header must name this daemon (on a
+loopback bind: the bound address, localhost, 127.0.0.1, [::1], or a name given with --allow-host; 421
+otherwise: DNS rebinding), a state-changing request (POST) must not come from another origin (``Origin``
+not matching ``Host``, or ``Sec-Fetch-Site`` cross-site/same-site: 403), and every query parameter must be
+one the endpoint takes, with a valid value (400 naming the allowed parameters).
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +28,9 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from edgekit.serve.dashboard import PAGE
-from edgekit.serve.images import BodyTooLarge, ImageRejected, decode_upload, read_body
+from edgekit.serve.engine import StaleInput
+from edgekit.serve.images import MAX_PIXELS, BodyTooLarge, ImageRejected, inspect_upload, read_body
+from edgekit.serve.server import Busy, Stopping
 
 BOUNDARY = "edgekit-frame"
 SSE_PING_SECONDS = 15.0
@@ -54,6 +63,99 @@ class TokenAuth:
                 response = error(401, f"{reason} bearer token: send 'Authorization: Bearer <token>'")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="edgekit"'
                 await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# -- the request guard: Host, Origin, query parameters
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+QUERY = {"/v1/predict": ("top_k", "access_token")}  # every other path takes access_token alone
+TOP_K = re.compile(r"[0-9]{1,4}")
+
+
+def _strip_port(host: str) -> str:
+    """'Name:port' -> 'name' (lower case; '[v6]:port' -> '[v6]'); a bare IPv6 address stays as it is."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    if host.count(":") == 1:
+        host = host.split(":")[0]
+    return host.rstrip(".")
+
+
+def allowed_hosts(bound: str, extra: tuple[str, ...] | list[str] = ()) -> set[str] | None:
+    """The Host names accepted (without port), or None when any is (a non-loopback bind without --allow-host)."""
+    from edgekit.serve.config import is_loopback
+
+    if not is_loopback(bound) and not extra:
+        return None
+    shown = f"[{bound}]" if ":" in bound and not bound.startswith("[") else bound
+    return {*LOOPBACK_NAMES, bound.lower(), shown.lower(), *(_strip_port(h) for h in extra)}
+
+
+def check_query(path: str, raw: bytes) -> str | None:
+    """None if every parameter is allowed for ``path`` and valid, else the reason."""
+    allowed = QUERY.get(path, ("access_token",))
+    names = ", ".join(allowed)
+    if not raw:
+        return None
+    seen: set[str] = set()
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        key_raw, eq, value_raw = part.partition(b"=")
+        try:
+            key = unquote_to_bytes(key_raw.replace(b"+", b" ")).decode("ascii")
+            value = unquote_to_bytes(value_raw.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return f"query parameter {key_raw[:40]!r} is not valid ASCII/UTF-8; allowed parameters: {names}"
+        if key not in allowed:
+            return f"unknown query parameter {key[:40]!r}; {path} takes: {names}"
+        if key in seen:
+            return f"query parameter {key!r} given twice; give it once"
+        seen.add(key)
+        if not eq:
+            return f"query parameter {key!r} has no value; write {key}=VALUE"
+        if key == "top_k" and not (TOP_K.fullmatch(value) and 1 <= int(value) <= 1000):
+            return f"top_k must be an integer from 1 to 1000 (ASCII digits), got {value[:40]!r}"
+    return None
+
+
+class RequestGuard:
+    """Pure ASGI middleware: Host (421), cross-origin state-changing requests (403), query parameters (400)."""
+
+    def __init__(self, app, *, hosts: set[str] | None) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    def _reason(self, scope) -> tuple[int, str] | None:
+        headers = {}
+        for name, value in scope.get("headers", []):
+            headers.setdefault(name, value.decode("latin-1"))
+        host = headers.get(b"host")
+        if self.hosts is not None and host is not None and _strip_port(host) not in self.hosts:
+            return 421, (f"Host header {host[:80]!r} does not name this daemon (DNS rebinding?); use "
+                         f"http://127.0.0.1:PORT/, or pass --allow-host {_strip_port(host)[:80]} to accept that name")  # fmt: skip
+        if scope["method"] not in SAFE_METHODS:
+            site = headers.get(b"sec-fetch-site", "").lower()
+            origin = headers.get(b"origin")
+            if site in ("cross-site", "same-site"):
+                return 403, f"cross-origin {scope['method']} refused (Sec-Fetch-Site: {site}); call the API directly"
+            if origin is not None:
+                parts = urlsplit(origin.strip()) if origin.strip() != "null" else None
+                if parts is None or host is None or parts.netloc.lower() != host.strip().lower():
+                    return 403, (f"cross-origin {scope['method']} refused: Origin {origin[:80]!r} is not "
+                                 f"{host!r}; a web page of another site may not change this daemon")  # fmt: skip
+        reason = check_query(scope["path"], scope.get("query_string", b""))
+        return None if reason is None else (400, reason)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            refused = self._reason(scope)
+            if refused is not None:
+                await error(*refused)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -131,27 +233,46 @@ def build_app(daemon) -> Starlette:
     app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_error})
     app.state.daemon = daemon
     app.add_middleware(TokenAuth, token=daemon.config.token)
+    config = daemon.config
+    app.add_middleware(RequestGuard, hosts=allowed_hosts(config.host, getattr(config, "allow_host", ())))
     return app
+
+
+def _unavailable(message: str, retry_after: int = 1) -> tuple[int, Response]:
+    response = error(503, message)
+    response.headers["Retry-After"] = str(retry_after)
+    return 503, response
 
 
 async def _predict(request: Request, daemon) -> tuple[int, Response]:
     config = daemon.config
+    predictor = daemon.predictor
+    if predictor is None or predictor.closing:
+        return _unavailable("the daemon is stopping; retry against its next start")
     try:
         body = await read_body(request, limit=config.max_body)
-        image = decode_upload(body, request.headers.get("content-type", ""))
+        header = inspect_upload(body, request.headers.get("content-type", ""),
+                                max_pixels=getattr(config, "max_pixels", None) or MAX_PIXELS)  # fmt: skip
+        prepared = await predictor.prepare(body, header)
+        del body
+        top_k = request.query_params.get("top_k")  # checked by RequestGuard
+        inference = await predictor.infer(prepared, top_k=int(top_k) if top_k else None)
     except BodyTooLarge as exc:
         return 413, error(413, str(exc), limit_bytes=config.max_body)
     except ImageRejected as exc:
         return exc.status, error(exc.status, str(exc))
-    top_k = request.query_params.get("top_k", "")
-    k = int(top_k) if top_k.isdigit() and 0 < int(top_k) <= 1000 else None
-    inference = await run_in_threadpool(daemon.engine.run, image, top_k=k)
+    except Busy:
+        return _unavailable("busy: the images being decoded fill the decode budget (--decode-budget); retry soon")
+    except Stopping:
+        return _unavailable("the daemon is stopping; retry against its next start")
+    except StaleInput as exc:
+        return _unavailable(f"{exc}; retry")
     payload = {
         **inference.prediction.to_dict(),
         "inference_ms": round(inference.seconds * 1000, 3),
         "model": inference.model,
         "bundle": inference.bundle_hash[:16],
-        "image": {"width": int(image.shape[1]), "height": int(image.shape[0])},
+        "image": {"width": prepared.width, "height": prepared.height},
     }
     return 200, JSONResponse(payload)
 

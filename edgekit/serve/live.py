@@ -116,6 +116,7 @@ class StreamPublisher(Publisher):
 
     name = "stream"
     queue_size = 2  # the stream shows the newest frames; older ones are dropped
+    queue_bytes = 64 * 1024 * 1024  # two 4K frames; one frame is always kept whatever its size
 
     def __init__(self, hub: LiveHub, *, fps: float, quality: int) -> None:
         self.hub = hub
@@ -124,6 +125,9 @@ class StreamPublisher(Publisher):
         self._last = 0.0
 
     def wanted(self) -> bool:
+        return self.hub.frames.count > 0
+
+    def wants_image(self) -> bool:
         return self.hub.frames.count > 0
 
     def deliver(self, result: Any) -> bool:

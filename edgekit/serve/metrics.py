@@ -140,6 +140,14 @@ class Metrics:
         self.source_reconnects = Counter(
             "edgekit_source_reconnects_total", "Times the source was lost (failed, or ended without --loop)."
         )
+        self.source_errors = Counter(
+            "edgekit_source_errors_total",
+            "Exceptions caught in the capture thread (opening, reading or shaping a frame); each is retried.",
+        )
+        self.source_files_skipped = Counter(
+            "edgekit_source_files_skipped_total",
+            "Image-folder files skipped: too many pixels, too many bytes, unreadable header or undecodable.",
+        )
         self.publish_failures = Counter(
             "edgekit_publish_failures_total", "Results a publisher failed to deliver, per publisher."
         )

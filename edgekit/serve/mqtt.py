@@ -3,7 +3,7 @@
 Topics: ``<prefix>/<device-id>/result`` (one JSON message a result) and ``<prefix>/<device-id>/status``
 (retained ``online``; the broker publishes the retained will ``offline`` if the daemon dies, and the
 daemon publishes it itself when it stops). While the broker is unreachable, results wait in a bounded
-buffer (the oldest are dropped beyond ``--mqtt-buffer``, counted) and are sent when it comes back;
+buffer (the oldest are dropped beyond ``--mqtt-buffer`` results or ``--mqtt-buffer-bytes`` bytes, counted) and are sent when it comes back;
 paho's network thread reconnects with backoff.
 """
 
@@ -65,7 +65,7 @@ class MqttPublisher(Publisher):
     queue_size = 256
 
     def __init__(self, url: str, *, device_id: str, metrics: Metrics, qos: int = 1, buffer: int = 1000,
-                 keepalive: int = 30, client_id: str | None = None, ca: str | None = None,
+                 buffer_bytes: int = 16 * 1024 * 1024, keepalive: int = 30, client_id: str | None = None, ca: str | None = None,
                  cert: str | None = None, key: str | None = None, insecure: bool = False) -> None:  # fmt: skip
         mqtt = require("paho.mqtt.client", extra="serve", purpose="publishing to MQTT")
         self.broker = parse_url(url)
@@ -75,6 +75,8 @@ class MqttPublisher(Publisher):
         self.result_topic, self.status_topic = f"{base}/result", f"{base}/status"
         self._buffer: collections.deque[bytes] = collections.deque()
         self._buffer_size = buffer
+        self._buffer_bytes_limit = buffer_bytes
+        self._buffer_bytes = 0
         self._connected = threading.Event()
         self._mqtt = mqtt
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"edgekit-{device_id}")
@@ -114,10 +116,13 @@ class MqttPublisher(Publisher):
 
     # -- the publisher's thread
     def _keep(self, payload: bytes) -> None:
-        if len(self._buffer) >= self._buffer_size:
-            self._buffer.popleft()
-            self.metrics.publish_dropped.inc(publisher=self.name)
         self._buffer.append(payload)
+        self._buffer_bytes += len(payload)
+        while len(self._buffer) > 1 and (
+            len(self._buffer) > self._buffer_size or self._buffer_bytes > self._buffer_bytes_limit
+        ):
+            self._buffer_bytes -= len(self._buffer.popleft())
+            self.metrics.publish_dropped.inc(publisher=self.name)
 
     def _send(self, payload: bytes) -> bool:
         info = self.client.publish(self.result_topic, payload, qos=self.qos)
@@ -127,7 +132,7 @@ class MqttPublisher(Publisher):
         while self._buffer and self._connected.is_set():
             if not self._send(self._buffer[0]):
                 return
-            self._buffer.popleft()
+            self._buffer_bytes -= len(self._buffer.popleft())
 
     def deliver(self, result: Any) -> bool:
         """Send a result now (True), or buffer it until the broker is back (False)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.serve.capture import LatestFrame
+from edgekit.serve.capture import Frame, LatestFrame
 from edgekit.serve.engine import Engine
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.publishers import Fanout
@@ -43,7 +43,7 @@ class Result:
     model: str
     bundle_hash: str
     top_k: list[dict[str, Any]]
-    image: np.ndarray | None = field(default=None, repr=False, compare=False)  # the frame, for the stream
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)  # the frame, for the stream only
 
     def to_dict(self) -> dict[str, Any]:
         """The message (a new dict each call); ``json`` is the same, serialised once for every publisher."""
@@ -106,25 +106,28 @@ class InferenceWorker:
             frame = self.slot.get(timeout=0.25)
             if frame is None or self.stop.is_set():
                 continue
-            try:
-                inference = self.engine.run(frame.image)
-            except Exception as exc:  # one bad frame must not stop the daemon
+            try:  # one bad frame (or a failing step after inference) must not stop the thread
+                self._handle(frame)
+            except Exception as exc:
                 self.metrics.inference_errors.inc()
                 now = time.monotonic()
                 if now - self._last_error_log > 10:
                     self._last_error_log = now
                     log.error("inference failed on frame %d: %s: %s", frame.seq, type(exc).__name__, exc)
-                continue
-            done = time.perf_counter()
-            e2e = done - frame.captured_mono
-            result = Result(
-                device_id=self.device_id, seq=frame.seq, captured_at=frame.captured_at,
-                inference_ms=inference.seconds * 1000, e2e_ms=e2e * 1000, fps=self.fps.tick(done),
-                model=inference.model, bundle_hash=inference.bundle_hash,
-                top_k=inference.prediction.to_dict()["top_k"], image=frame.image,
-            )  # fmt: skip
-            self.metrics.frames_inferred.inc()
-            self.metrics.inference_latency.observe(inference.seconds)
-            self.metrics.e2e_latency.observe(e2e)
-            self.latest = result
-            self.fanout.publish(result)
+
+    def _handle(self, frame: Frame) -> None:
+        inference = self.engine.run(frame.image)
+        done = time.perf_counter()
+        e2e = done - frame.captured_mono
+        # The result carries no frame: Fanout hands a copy with it only to a publisher that wants it.
+        result = Result(
+            device_id=self.device_id, seq=frame.seq, captured_at=frame.captured_at,
+            inference_ms=inference.seconds * 1000, e2e_ms=e2e * 1000, fps=self.fps.tick(done),
+            model=inference.model, bundle_hash=inference.bundle_hash,
+            top_k=inference.prediction.to_dict()["top_k"],
+        )  # fmt: skip
+        self.metrics.frames_inferred.inc()
+        self.metrics.inference_latency.observe(inference.seconds)
+        self.metrics.e2e_latency.observe(e2e)
+        self.latest = result
+        self.fanout.publish(result, image=frame.image)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +20,10 @@ import cv2
 import numpy as np
 
 from edgekit.errors import UsageError
+from edgekit.serve.images import MAX_PIXELS, PNG_SIGNATURE, jpeg_size
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024  # a folder's image file larger than this is skipped unread
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
@@ -156,28 +161,106 @@ class CaptureReader:
         self.cap.release()
 
 
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 26 or not data.startswith(b"BM"):
+        return None
+    header = struct.unpack("<I", data[14:18])[0]
+    if header == 12:  # BITMAPCOREHEADER
+        return struct.unpack("<HH", data[18:22])
+    if header >= 40:  # BITMAPINFOHEADER and later; a negative height is a top-down bitmap
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    kind = data[12:16]
+    if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy: a key frame's start code, then 14-bit sizes
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit width-1 and height-1, packed
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":  # extended: a 24-bit canvas width-1 and height-1
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) declared by a JPEG (SOF), PNG (IHDR), BMP or WebP header, or None if unreadable."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return jpeg_size(data)
+    if data.startswith(PNG_SIGNATURE):
+        return struct.unpack(">II", data[16:24]) if len(data) >= 24 and data[12:16] == b"IHDR" else None
+    if data.startswith(b"BM"):
+        return _bmp_size(data)
+    if data.startswith(b"RIFF"):
+        return _webp_size(data)
+    return None
+
+
+def read_image_file(path: str, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> np.ndarray:
+    """Decode one image file, checking its size on disk and the pixel count its header declares first.
+
+    Raises ValueError naming why the file is skipped. The file is opened non-blocking and must be a regular
+    file (a FIFO put in the folder cannot hang the reader), and it is decoded from memory (OpenCV's imread
+    crashes on a file name that is not valid UTF-8).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ValueError(f"cannot be opened ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("is not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"grew over the {max_bytes:,}-byte limit while read")
+    size = image_size(data)
+    if size is None:
+        raise ValueError("has no readable JPEG, PNG, BMP or WebP header")
+    width, height = size
+    if width < 1 or height < 1 or width * height > max_pixels:
+        raise ValueError(f"declares {width}x{height} pixels; at most {max_pixels:,} pixels are decoded")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or not image.size:
+        raise ValueError("could not be decoded (corrupt data)")
+    return image
+
+
+SkipHandler = Callable[[str, str], None]
+
+
 class ImageReader:
-    """Image files in sorted order; an unreadable file is skipped."""
+    """Image files in sorted order; a file that is too large, unreadable or corrupt is skipped (reported)."""
 
     live = False
     nominal_fps = None
 
-    def __init__(self, spec: SourceSpec) -> None:
+    def __init__(self, spec: SourceSpec, on_skip: SkipHandler | None = None) -> None:
         self.spec = spec
         self.files = _image_files(spec.uri) if spec.uri != spec.files[0] else spec.files
         if not self.files:
             raise SourceError(f"source '{spec.shown}' holds no images now")
         self.index = 0
         self.skipped = 0
+        self.on_skip = on_skip
 
     def read(self) -> np.ndarray | None:
         while self.index < len(self.files):
             path = self.files[self.index]
             self.index += 1
-            image = cv2.imread(path, cv2.IMREAD_COLOR)
-            if image is not None:
-                return image
-            self.skipped += 1
+            try:
+                return read_image_file(path)
+            except ValueError as exc:
+                self.skipped += 1
+                if self.on_skip is not None:
+                    self.on_skip(path, str(exc))
         return None
 
     def close(self) -> None:
@@ -188,10 +271,11 @@ Reader = CaptureReader | ImageReader
 
 
 def open_reader(spec: SourceSpec, *, resolution: tuple[int, int] | None = None, fps: float | None = None,
-                timeout: float = 10.0, rtsp_transport: str = "tcp") -> Reader:  # fmt: skip
-    """Open a source now, or raise SourceError (the caller retries)."""
+                timeout: float = 10.0, rtsp_transport: str = "tcp", on_skip: SkipHandler | None = None) -> Reader:  # fmt: skip
+    """Open a source now, or raise SourceError (the caller retries). ``on_skip(path, why)`` hears of every
+    image-folder file skipped."""
     if spec.kind == "images":
-        return ImageReader(spec)
+        return ImageReader(spec, on_skip)
     try:
         return CaptureReader(spec, resolution=resolution, fps=fps, timeout=timeout, rtsp_transport=rtsp_transport)
     except cv2.error as exc:

@@ -102,7 +102,7 @@ def test_help_documents_every_option():
 
 
 def test_print_config_and_cli_errors(tmp_path):
-    path = _toml(tmp_path, 'bundle = "m.edgekit"\n[source]\nuri = "rtsp://cam/s"\n[http]\ntoken = "secret"\n'
+    path = _toml(tmp_path, 'bundle = "m.edgekit"\n[source]\nuri = "rtsp://cam/s"\n[http]\ntoken = "secret-0123456789ab"\n'
                            '[mqtt]\nurl = "mqtt://u:pw@h/p"\n')  # fmt: skip
     result = run_cli("serve", "--config", str(path), "--top-k", "2", "--print-config")
     assert result.returncode == 0, result.stderr

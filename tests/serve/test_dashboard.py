@@ -28,10 +28,10 @@ def _magenta_fraction(image: np.ndarray) -> float:
 def test_dashboard_shows_the_stream_and_the_result(tmp_path, start_daemon, serve_bundle, video_file):  # noqa: F811
     chromium = require_tool("chromium", "chromium")
     tesseract = require_tool("tesseract", "tesseract-ocr")
-    daemon = start_daemon([str(serve_bundle), "--source", str(video_file), "--loop", "--realtime", "--token", "t0k"],
-                          token="t0k")  # fmt: skip
+    daemon = start_daemon([str(serve_bundle), "--source", str(video_file), "--loop", "--realtime", "--token", "t0k-0123456789abcdef"],
+                          token="t0k-0123456789abcdef")  # fmt: skip
     wait_until(lambda: daemon.get_json("/v1/latest"), timeout=20, what="a result")
-    url = f"http://127.0.0.1:{daemon.port}/?access_token=t0k"
+    url = f"http://127.0.0.1:{daemon.port}/?access_token=t0k-0123456789abcdef"
     shot, shown = None, None
     for attempt in range(3):  # the first frames may still be on their way when the page is captured
         shot = _screenshot(chromium, url, tmp_path / f"shot{attempt}.png", tmp_path / f"profile{attempt}")

@@ -182,7 +182,7 @@ def test_predict_rejects_a_chunked_body_over_the_limit(daemon):
 
 def test_predict_answers_413_before_the_body_with_expect_continue(daemon):
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
-        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                   b"Content-Length: 52428800\r\nExpect: 100-continue\r\n\r\n")  # fmt: skip
         head = s.recv(65536).decode()
     assert head.startswith("HTTP/1.1 413"), head

@@ -98,7 +98,7 @@ def test_reload_swaps_the_bundle_and_refuses_a_corrupt_one(
 
 def test_token_guards_every_endpoint_but_healthz(start_daemon, serve_bundle, video_file):  # noqa: F811
     daemon = start_daemon([str(serve_bundle), "--source", str(video_file), "--loop", "--realtime", "--host", "0.0.0.0"],
-                          env={"EDGEKIT_SERVE_TOKEN": "tok-123"})  # fmt: skip
+                          env={"EDGEKIT_SERVE_TOKEN": "tok-123-0123456789"})  # fmt: skip
     for path in ("/", "/readyz", "/metrics", "/v1/info", "/v1/latest", "/v1/events", "/v1/stream.mjpg"):
         status, headers, body = daemon.request("GET", path)
         assert (
@@ -109,9 +109,9 @@ def test_token_guards_every_endpoint_but_healthz(start_daemon, serve_bundle, vid
     assert daemon.request("POST", "/v1/reload")[0] == 401
     assert daemon.request("GET", "/v1/info", headers={"Authorization": "Bearer nope"})[0] == 401
     assert daemon.request("GET", "/healthz")[0] == 200
-    assert daemon.request("GET", "/v1/info", headers={"Authorization": "Bearer tok-123"})[0] == 200
-    assert daemon.request("GET", "/v1/info?access_token=tok-123")[0] == 200
-    status, _, body = daemon.request("POST", "/v1/reload", headers={"Authorization": "Bearer tok-123"})
+    assert daemon.request("GET", "/v1/info", headers={"Authorization": "Bearer tok-123-0123456789"})[0] == 200
+    assert daemon.request("GET", "/v1/info?access_token=tok-123-0123456789")[0] == 200
+    status, _, body = daemon.request("POST", "/v1/reload", headers={"Authorization": "Bearer tok-123-0123456789"})
     assert status == 200 and json.loads(body)["reloaded"] is True
 
 
