@@ -111,3 +111,17 @@ def test_print_config_and_cli_errors(tmp_path):
     assert shown["mqtt"] == "mqtt://u:***@h/p"
     bad = run_cli("serve", "--config", str(_toml(tmp_path, "[mqtt]\nqos = 9")))
     assert bad.returncode == 2 and bad.stderr.startswith("edgekit: error:") and "[mqtt] qos" in bad.stderr
+
+
+def test_readme_option_tables_list_every_option():
+    """The README keeps the one copy of the option tables beside --help: every option has its row."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| `--")}
+    for option in OPTIONS:
+        row = next((r for flag, r in rows.items() if flag.split()[0].strip("`") == option.flag), None)
+        assert row is not None, f"README has no row for {option.flag}"
+        section, _, name = option.key.rpartition(".")
+        key = f"`[{section}] {name}`" if section else f"`{name}`"
+        assert key in row, f"README row of {option.flag} does not name its TOML key {key}"
