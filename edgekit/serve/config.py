@@ -214,6 +214,8 @@ OPTIONS: tuple[Option, ...] = (
            "decode budget before a 503 with Retry-After, in seconds", "S"),
     Option("--header-timeout", "http.header_timeout", _number(float, 0.1, 3600), 10.0, "close a connection "
            "whose request headers are not complete this many seconds after it opened or its last answer", "S"),
+    Option("--body-timeout", "http.body_timeout", _number(float, 0.1, 3600), 30.0, "answer 408 and close the "
+           "connection when a request body has not fully arrived this many seconds after its headers", "S"),
     Option("--idle-timeout", "http.idle_timeout", _number(float, 0.1, 3600), 5.0, "close a keep-alive "
            "connection idle this many seconds", "S"),
     Option("--max-connections", "http.max_connections", _number(int, 4, 100_000), 200, "open connections "
@@ -273,6 +275,7 @@ class ServeConfig:
     decode_budget: int = 256 * MiB
     decode_wait: float = 2.0
     header_timeout: float = 10.0
+    body_timeout: float = 30.0
     idle_timeout: float = 5.0
     max_connections: int = 200
     mqtt: str | None = None

@@ -23,13 +23,13 @@ from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from edgekit.serve.dashboard import PAGE
 from edgekit.serve.engine import StaleInput
-from edgekit.serve.images import MAX_PIXELS, BodyTooLarge, ImageRejected, inspect_upload, read_body
+from edgekit.serve.images import MAX_PIXELS, BodyTimeout, BodyTooLarge, ImageRejected, inspect_upload, read_body
 from edgekit.serve.server import Busy, Stopping
 
 BOUNDARY = "edgekit-frame"
@@ -250,20 +250,34 @@ async def _predict(request: Request, daemon) -> tuple[int, Response]:
     if predictor is None or predictor.closing:
         return _unavailable("the daemon is stopping; retry against its next start")
     try:
-        body = await read_body(request, limit=config.max_body)
+        body = await read_body(request, limit=config.max_body, timeout=getattr(config, "body_timeout", None))
         header = inspect_upload(body, request.headers.get("content-type", ""),
                                 max_pixels=getattr(config, "max_pixels", None) or MAX_PIXELS)  # fmt: skip
         prepared = await predictor.prepare(body, header)
         del body
         top_k = request.query_params.get("top_k")  # checked by RequestGuard
         inference = await predictor.infer(prepared, top_k=int(top_k) if top_k else None)
-    except BodyTooLarge as exc:
-        return 413, error(413, str(exc), limit_bytes=config.max_body)
+    except BodyTooLarge as exc:  # the rest of an over-size body is not read: end the connection
+        response = error(413, str(exc), limit_bytes=config.max_body)
+        response.headers["Connection"] = "close"
+        return 413, response
+    except BodyTimeout as exc:  # the rest of the body may still trickle in: end the connection
+        response = error(408, str(exc))
+        response.headers["Connection"] = "close"
+        return 408, response
+    except ClientDisconnect:  # the client left (or was cut off at --max-connections) before its whole body
+        return 400, error(400, "the connection closed before the whole body arrived; send the whole image")
     except ImageRejected as exc:
         return exc.status, error(exc.status, str(exc))
     except Busy:
         return _unavailable("busy: the images being decoded fill the decode budget (--decode-budget); retry soon")
     except Stopping:
+        return _unavailable("the daemon is stopping; retry against its next start")
+    except asyncio.CancelledError:
+        if not predictor.closing:
+            raise
+        # Shutdown: uvicorn's graceful timeout cancelled the request, or Predictor.close cancelled its queued
+        # decode. Answer 503 rather than let uvicorn log a traceback and answer 500.
         return _unavailable("the daemon is stopping; retry against its next start")
     except StaleInput as exc:
         return _unavailable(f"{exc}; retry")
@@ -289,7 +303,7 @@ async def _sse(hub):
         while True:
             try:
                 item = await asyncio.wait_for(queue.get(), SSE_PING_SECONDS)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
                 yield b": ping\n\n"
                 continue
             if item is None:

@@ -10,6 +10,7 @@ whose data is incomplete.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import dataclass
 
@@ -38,6 +39,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTimeout(Exception):
+    """The request body did not arrive within --body-timeout; answer 408 and close the connection."""
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     """What the header says: the format, the size, and the peak bytes its decode allocates (an estimate)."""
@@ -56,24 +61,41 @@ async def _drain(request, already: int) -> None:
             return
 
 
-async def read_body(request, *, limit: int) -> bytes:
-    """The request body, or BodyTooLarge if it exceeds ``limit`` bytes (checked before and while reading)."""
+async def read_body(request, *, limit: int, timeout: float | None = None) -> bytes:
+    """The request body; BodyTooLarge if it exceeds ``limit`` bytes (checked before and while reading),
+    BodyTimeout if it has not all arrived within ``timeout`` seconds (a slow-body client)."""
     declared = request.headers.get("content-length")
     if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise ImageRejected(400, f"bad Content-Length header {declared!r}")
     too_big = f"body exceeds the {limit}-byte limit (--max-body)"
-    if declared is not None and int(declared) > limit:
-        if request.headers.get("expect", "").lower() != "100-continue":
-            await _drain(request, 0)
-        raise BodyTooLarge(too_big)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            await _drain(request, size)
+    draining = False
+
+    async def read() -> bytes:
+        nonlocal draining
+        if declared is not None and int(declared) > limit:
+            if request.headers.get("expect", "").lower() != "100-continue":
+                draining = True
+                await _drain(request, 0)
             raise BodyTooLarge(too_big)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                draining = True
+                await _drain(request, size)
+                raise BodyTooLarge(too_big)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    if timeout is None:
+        return await read()
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
+        if draining:
+            raise BodyTooLarge(too_big) from None
+        raise BodyTimeout(f"the request body did not arrive within {timeout:g} s (--body-timeout); send the "
+                          "whole body at once") from None  # fmt: skip
 
 
 def _jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:

@@ -9,7 +9,9 @@
   request headers within ``--header-timeout`` seconds is disconnected: h11 has no such timer, and
   uvicorn's keep-alive timer stops at the first byte) and a connection limit kept under the process's
   file-descriptor limit: a new connection at the limit evicts the longest-idle connection that has no
-  request in flight, or is refused with a 503 if every connection is busy.
+  request in flight; if every connection is busy, the one still receiving its request body at the lowest
+  rate is answered 408 and closed (slow-body clients cannot hold every slot for --body-timeout seconds);
+  if none is receiving a body, the new connection is refused with a 503.
 - ``RateLimitFilter``: at most one log line per message kind per interval, with a count of the rest.
 """
 
@@ -60,7 +62,7 @@ class DecodeBudget:
             if not fits():
                 try:
                     await asyncio.wait_for(self._cond.wait_for(fits), wait)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
                     raise Busy from None
             self.in_flight += take
         return take
@@ -176,6 +178,10 @@ def connection_limit(wanted: int) -> int:
 
 _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s")  # fmt: skip
+_CUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n%s")  # fmt: skip
+_CUT_BODY = (b'{"error":"request body too slow: closed to make room for another connection at the '
+             b'--max-connections limit; send the whole body at once"}')  # fmt: skip
 
 
 def protocol_class(*, header_timeout: float, max_connections: int) -> type[H11Protocol]:
@@ -187,6 +193,9 @@ def protocol_class(*, header_timeout: float, max_connections: int) -> type[H11Pr
         def connection_made(self, transport) -> None:  # type: ignore[override]
             self.last_active = time.monotonic()
             self._header_timer: asyncio.TimerHandle | None = None
+            self.received = 0  # bytes received on this connection
+            self._cycle_seen: object = None  # the request (uvicorn's cycle) that the two below describe
+            self._cycle_at, self._cycle_bytes = self.last_active, 0
             if len(self.server_state.connections) >= self.limit and not self._evict_one():
                 body = b'{"error":"too many connections, all busy: retry shortly"}'
                 transport.write(_REFUSED % (len(body), body))
@@ -200,13 +209,30 @@ def protocol_class(*, header_timeout: float, max_connections: int) -> type[H11Pr
         def _busy(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete
 
+        def _receiving_body(self) -> bool:
+            """The request's headers are in, the app waits for the rest of its body and has not answered."""
+            return self._busy() and not self.cycle.response_started and self.conn.their_state is h11.SEND_BODY
+
+        def _body_rate(self, now: float) -> float:
+            """Bytes a second received since the request's headers, counted over at least one second."""
+            return (self.received - self._cycle_bytes) / max(1.0, now - self._cycle_at)
+
         def _evict_one(self) -> bool:
-            idle = [c for c in self.server_state.connections if isinstance(c, H11Protocol) and not c._busy()]
-            if not idle:
-                return False
-            oldest = min(idle, key=lambda c: getattr(c, "last_active", 0.0))
-            oldest.transport.close()
-            oldest.connections.discard(oldest)  # counted out now; connection_lost follows on the next loop turn
+            ours = [c for c in self.server_state.connections if isinstance(c, HardenedH11Protocol)]
+            idle = [c for c in ours if not c._busy()]
+            if idle:
+                victim = min(idle, key=lambda c: c.last_active)
+            else:  # every connection is busy: cut off the slowest body upload, if any
+                now = time.monotonic()
+                slow = [c for c in ours if c._receiving_body() and not c.transport.is_closing()]
+                if not slow:
+                    return False
+                victim = min(slow, key=lambda c: (c._body_rate(now), c._cycle_at))
+                victim.transport.write(_CUT % (len(_CUT_BODY), _CUT_BODY))  # the app then sees a disconnect
+                log.warning("connection limit reached: closed the slowest request body (%.0f bytes/s)",
+                            victim._body_rate(now))  # fmt: skip
+            victim.transport.close()
+            victim.connections.discard(victim)  # counted out now; connection_lost follows on the next loop turn
             return True
 
         def _arm_header_timer(self) -> None:
@@ -225,10 +251,13 @@ def protocol_class(*, header_timeout: float, max_connections: int) -> type[H11Pr
 
         def data_received(self, data: bytes) -> None:
             self.last_active = time.monotonic()
+            self.received += len(data)
             super().data_received(data)
 
         def handle_events(self) -> None:
             super().handle_events()
+            if self.cycle is not self._cycle_seen:  # a new request: its body's progress counts from here
+                self._cycle_seen, self._cycle_at, self._cycle_bytes = self.cycle, time.monotonic(), self.received
             if self._busy() or self.conn.their_state not in (h11.IDLE,):
                 self._cancel_header_timer()
 
