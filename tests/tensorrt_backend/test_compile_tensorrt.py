@@ -87,6 +87,7 @@ def test_loading_without_tensorrt_says_tensorrt_and_an_nvidia_gpu_are_required(i
     assert "\n" not in msg and "NVIDIA GPU" in msg and "TensorRT" in msg and "jetson-orin-nano" in msg
 
 
+@pytest.mark.slow
 def test_cli_predict_and_build_engine_fail_in_one_line(int8_bundle, cli):
     image = next((SAMPLE / "test" / "cat").iterdir())
     for args in (("predict", str(int8_bundle.path), str(image)), ("build-engine", str(int8_bundle.path))):
@@ -95,6 +96,7 @@ def test_cli_predict_and_build_engine_fail_in_one_line(int8_bundle, cli):
         assert done.stderr.count("\n") == 1 and "NVIDIA GPU with TensorRT" in done.stderr
 
 
+@pytest.mark.slow
 def test_inspect_shows_the_build_plan_and_trtexec_line(int8_bundle, cli):
     done = cli("inspect", str(int8_bundle.path))
     assert done.returncode == 0

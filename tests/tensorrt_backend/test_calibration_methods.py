@@ -24,6 +24,7 @@ def scales_by_method(tiny_onnx, calib_tensors, tmp_path_factory, quantize):
     return found, stdout.getvalue()
 
 
+@pytest.mark.slow  # more than 15 s on 2 cores
 def test_entropy_and_percentile_clip_below_minmax(scales_by_method):
     found, _ = scales_by_method
     minmax = found["minmax"][0]
@@ -34,6 +35,7 @@ def test_entropy_and_percentile_clip_below_minmax(scales_by_method):
         assert any(scales[t] < minmax[t] * 0.99 for t in scales), f"{method} gave the minmax ranges"
 
 
+@pytest.mark.slow  # more than 15 s on 2 cores
 def test_provenance_records_the_method_and_its_parameters(scales_by_method):
     found, _ = scales_by_method
     assert found["entropy"][1]["calibration_method"] == "entropy"
@@ -41,6 +43,7 @@ def test_provenance_records_the_method_and_its_parameters(scales_by_method):
     assert found["percentile"][1]["percentile"] == 99.9
 
 
+@pytest.mark.slow  # more than 15 s on 2 cores
 def test_onnx_runtime_progress_stays_off_stdout(scales_by_method):
     _, stdout = scales_by_method
     assert stdout == ""  # `edgekit compile --json` prints the manifest there and nothing else

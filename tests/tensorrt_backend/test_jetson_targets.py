@@ -52,6 +52,7 @@ def test_jetson_nano_has_no_int8_and_says_fp16():
         nano.check_precision("int8")
 
 
+@pytest.mark.slow
 def test_jetson_nano_int8_on_the_command_line_exits_2_naming_fp16(tmp_path, cli):
     done = cli("compile", str(tmp_path / "m.onnx"), "--target", "jetson-nano", "--precision", "int8",
                "--calib", str(tmp_path), "-o", str(tmp_path / "b"))  # fmt: skip
