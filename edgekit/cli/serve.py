@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 
-from edgekit.serve.config import MQTT_PASSWORD_ENV, OPTIONS, TOKEN_ENV, Option
+from edgekit.serve.config import BUNDLE, MQTT_PASSWORD_ENV, OPTIONS, TOKEN_ENV, Option
 
 GROUPS = {
     "source": "source (TOML table [source])",
@@ -48,7 +48,7 @@ def _help(option: Option) -> str:
     shown = "off" if option.default is False else option.default
     if isinstance(shown, int) and option.flag.endswith(("-bytes", "-body")):
         shown = f"{shown // 1024**2}MiB"
-    default = "" if option.default is None else f"; default {shown}"
+    default = "" if option.default is None or option.default == () else f"; default {shown}"
     return f"{option.help} (TOML: {where}{default})"
 
 
@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("bundle", nargs="?", help="bundle folder or packed file (TOML: bundle)")
+    p.add_argument(BUNDLE.field, nargs="?", help=_help(BUNDLE))
     p.add_argument("--config", metavar="FILE", help="read options from a TOML file; flags given here override it")
     p.add_argument("--print-config", action="store_true", help="print the options in effect as JSON and exit")
     groups = {section: p.add_argument_group(title) for section, title in GROUPS.items()}

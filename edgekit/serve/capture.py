@@ -18,10 +18,11 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from edgekit.serve.config import ServeConfig, option_field, settle_fields
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.sources import SourceError, SourceSpec, open_reader, shape_frame
 
@@ -94,15 +95,25 @@ class SourceStatus:
 
 @dataclass(frozen=True, kw_only=True)
 class CaptureOptions:
-    resolution: tuple[int, int] | None = None
-    fps: float | None = None
-    rotate: int = 0
-    loop: bool = False
-    realtime: bool = False
-    reconnect_delay: float = 0.5
-    reconnect_max_delay: float = 30.0
-    timeout: float = 10.0
-    rtsp_transport: str = "tcp"
+    """What the capture thread reads with: each field is a serve option's, with its default and its check."""
+
+    resolution: tuple[int, int] | None = option_field("resolution")
+    fps: float | None = option_field("fps")
+    rotate: int = option_field("rotate")
+    loop: bool = option_field("loop")
+    realtime: bool = option_field("realtime")
+    reconnect_delay: float = option_field("reconnect_delay")
+    reconnect_max_delay: float = option_field("reconnect_max_delay")
+    timeout: float = option_field("source_timeout")
+    rtsp_transport: str = option_field("rtsp_transport")
+
+    def __post_init__(self) -> None:
+        settle_fields(self, "CaptureOptions")
+
+    @classmethod
+    def from_config(cls, config: ServeConfig) -> CaptureOptions:
+        """The capture options of a daemon's configuration."""
+        return cls(**{item.name: getattr(config, item.metadata["option"].field) for item in fields(cls)})
 
 
 class CaptureLoop:

@@ -1,8 +1,11 @@
-"""The daemon's options: one table that drives the flags, the TOML file and their validation.
+"""The daemon's options: one table that drives the flags, the TOML file, ``ServeConfig`` and their validation.
 
-Every option has a flag (``--mqtt-qos``) and a TOML key (``qos`` in ``[mqtt]``). Values come from the
-defaults, then the ``--config`` file, then the flags; each is checked by the same parser, so an error
-names the flag or the file and key it came from.
+Every option is declared once, in ``OPTIONS``: its flag (``--mqtt-qos``), TOML key (``qos`` in ``[mqtt]``),
+parser (which is its validation and says its type), default and help. The CLI's flags, the TOML loader and
+the fields of ``ServeConfig`` are all made from that table. Values come from the defaults, then the
+``--config`` file, then the flags; each is checked by the same parser, so an error names the flag or the
+file and key it came from. A ``ServeConfig`` built in code runs the same parsers and the checks that span
+options when it is constructed, so no unchecked configuration reaches the daemon.
 """
 
 from __future__ import annotations
@@ -24,13 +27,25 @@ MQTT_PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
 Parser = Callable[[Any, str], Any]
 
 
+def _returns(kind: Any) -> Callable[[Parser], Parser]:
+    """Tag a parser with the type it returns: the type of the ``ServeConfig`` field it fills."""
+
+    def tag(parse: Parser) -> Parser:
+        parse.returns = kind  # type: ignore[attr-defined]
+        return parse
+
+    return tag
+
+
 # -- value parsers: (raw value, where it came from) -> value, or UsageError naming `where`
+@_returns(str)
 def _str(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UsageError(f"{where}: expected a non-empty string, got {value!r}")
     return value.strip()
 
 
+@_returns(bool)
 def _bool(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -52,6 +67,7 @@ def _number(kind: type, lo: float, hi: float | None = None) -> Parser:
             raise UsageError(f"{where}: must be {bound}, got {number}")
         return number
 
+    parse.returns = kind  # type: ignore[attr-defined]
     return parse
 
 
@@ -62,6 +78,7 @@ def _choice(*choices: Any) -> Parser:
                 return choice
         raise UsageError(f"{where}: must be one of {', '.join(map(str, choices))}, got {value!r}")
 
+    parse.returns = type(choices[0])  # type: ignore[attr-defined]
     return parse
 
 
@@ -69,6 +86,7 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb":
 _UNITS |= {"g": 1000**3, "gb": 1000**3, "gib": 1024**3}
 
 
+@_returns(int)
 def _bytes(value: Any, where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number, unit = value, ""
@@ -86,8 +104,9 @@ def _bytes(value: Any, where: str) -> int:
 MAX_RESOLUTION_SIDE = 8192  # an 8192x8192 BGR frame is 192 MiB; a larger side is refused
 
 
+@_returns(tuple[int, int])
 def _resolution(value: Any, where: str) -> tuple[int, int]:
-    if isinstance(value, list) and len(value) == 2:
+    if isinstance(value, (list, tuple)) and len(value) == 2:  # TOML [640, 480], or (640, 480) in code
         value = f"{value[0]}x{value[1]}"
     match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", str(value))
     if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
@@ -101,8 +120,9 @@ def _resolution(value: Any, where: str) -> tuple[int, int]:
     return width, height
 
 
+@_returns(tuple[str, ...])
 def _hosts(value: Any, where: str) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else str(value).split(",")
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     names = tuple(str(item).strip().lower() for item in items if str(item).strip())
     for name in names:
         if not re.fullmatch(r"[a-z0-9._\-]+(:\d+)?|\[[0-9a-f:.]+\](:\d+)?", name):
@@ -112,12 +132,14 @@ def _hosts(value: Any, where: str) -> tuple[str, ...]:
     return names
 
 
+@_returns(str)
 def _source(value: Any, where: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # a camera index written as a number in TOML
     return _str(value, where)
 
 
+@_returns(str)
 def _device_id(value: Any, where: str) -> str:
     text = _str(value, where)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text):
@@ -127,6 +149,7 @@ def _device_id(value: Any, where: str) -> str:
     return text
 
 
+@_returns(str)
 def _mqtt_url(value: Any, where: str) -> str:
     text = _str(value, where)
     if not re.match(r"mqtts?://[^/]", text):
@@ -143,7 +166,12 @@ def default_device_id() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """One option: its flag, its TOML key (``section.name``), its parser, default and help."""
+    """One option: its flag, its TOML key (``section.name``), its parser, default and help.
+
+    The parser is the option's validation and names its type (``parse.returns``). ``None`` stands for "not
+    given": the default applies, or ``factory()`` when the default is computed at run time, or the error
+    ``required`` when the option must be given.
+    """
 
     flag: str
     key: str
@@ -151,20 +179,41 @@ class Option:
     default: Any
     help: str
     metavar: str | None = None
+    required: str = ""  # the error when it is not given; empty: optional
+    factory: Callable[[], Any] | None = None  # the default when it is computed at run time
 
     @property
     def field(self) -> str:
+        """Its name in ``ServeConfig`` and in ``parse_flags``' dict: the flag without dashes."""
         return self.flag.lstrip("-").replace("-", "_")
 
     @property
     def is_bool(self) -> bool:
         return self.parse is _bool
 
+    @property
+    def type(self) -> Any:
+        """The type of its ``ServeConfig`` field: what the parser returns, or None when not given."""
+        kind = self.parse.returns  # type: ignore[attr-defined]
+        optional = self.default is None and self.factory is None and not self.required
+        return kind | None if optional else kind
+
+    def settle(self, value: Any, where: str) -> Any:
+        """A value given in code, checked and typed like a flag's (None or "" is "not given")."""
+        if value is None or (isinstance(value, str) and value == ""):
+            if self.required:
+                raise UsageError(self.required)
+            return self.factory() if self.factory is not None else self.default
+        if type(value) is type(self.default) and value == self.default:
+            return value  # the default as declared (every default passes its parser: a test checks it)
+        return self.parse(value, where)
+
 
 KiB, MiB = 1024, 1024**2
 OPTIONS: tuple[Option, ...] = (
     Option("--source", "source.uri", _source, None, "camera index (0), /dev/videoN, csi://N, a GStreamer pipeline "
-           "(with '!'), rtsp://, http(s):// MJPEG URL, video file, image folder or pattern ('frames/*.jpg')", "URI"),
+           "(with '!'), rtsp://, http(s):// MJPEG URL, video file, image folder or pattern ('frames/*.jpg')", "URI",
+           required="no source given: pass --source (e.g. 0, rtsp://..., video.mp4), or set [source] uri"),
     Option("--resolution", "source.resolution", _resolution, None, "capture size WIDTHxHEIGHT, each side 1 to "
            f"{MAX_RESOLUTION_SIDE}: asked of cameras, frames of other sources are resized to it", "WxH"),
     Option("--fps", "source.fps", _number(float, 0.01), None, "frame-rate cap: a live source's extra frames are "
@@ -190,7 +239,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--device", "device", _str, None, "run on another device of the bundle's backend (OpenVINO: CPU, GPU, "
            "NPU)", "NAME"),
     Option("--device-id", "device_id", _device_id, None, "this device's name in MQTT topics and results (default: "
-           "the host name)", "ID"),
+           "the host name)", "ID", factory=default_device_id),
     Option("--log-level", "log_level", _choice("debug", "info", "warning", "error"), "info", "log verbosity",
            "{debug,info,warning,error}"),
     Option("--host", "http.host", _str, "127.0.0.1", "HTTP bind address; any address but loopback needs --token",
@@ -204,7 +253,7 @@ OPTIONS: tuple[Option, ...] = (
            "/v1/stream.mjpg", "N"),
     Option("--stream-quality", "http.stream_quality", _number(int, 10, 100), 80, "JPEG quality of "
            "/v1/stream.mjpg", "Q"),
-    Option("--allow-host", "http.allow_hosts", _hosts, None, "more Host names the daemon answers to, comma "
+    Option("--allow-host", "http.allow_hosts", _hosts, (), "more Host names the daemon answers to, comma "
            "separated (on loopback only 127.0.0.1, localhost and [::1] are accepted: DNS rebinding)", "NAMES"),
     Option("--max-pixels", "http.max_pixels", _number(int, 1, 500_000_000), 50_000_000, "largest image "
            "(width x height) POST /v1/predict decodes; larger ones are 413", "N"),
@@ -244,53 +293,57 @@ BUNDLE_KEY = "bundle"
 SECTIONS = {"source", "http", "mqtt", "jsonl"}
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ServeConfig:
-    """Everything ``edgekit serve`` runs with. Build it with ``build_config``."""
+BUNDLE = Option("bundle", BUNDLE_KEY, _str, None, "bundle folder or packed file",
+                required="no bundle given: pass BUNDLE, or set 'bundle' in the --config file")  # fmt: skip
 
-    bundle: str
-    source: str
-    resolution: tuple[int, int] | None = None
-    fps: float | None = None
-    rotate: int = 0
-    loop: bool = False
-    realtime: bool = False
-    reconnect_delay: float = 0.5
-    reconnect_max_delay: float = 30.0
-    source_timeout: float = 10.0
-    stall_timeout: float = 10.0
-    rtsp_transport: str = "tcp"
-    top_k: int = 3
-    device: str | None = None
-    device_id: str = dataclasses.field(default_factory=default_device_id)
-    log_level: str = "info"
-    host: str = "127.0.0.1"
-    port: int = 8080
-    token: str | None = None
-    max_body: int = 8 * MiB
-    stream_fps: float = 15.0
-    stream_quality: int = 80
-    allow_host: tuple[str, ...] = ()  # --allow-host, TOML [http] allow_hosts
-    max_pixels: int = 50_000_000
-    decode_budget: int = 256 * MiB
-    decode_wait: float = 2.0
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    idle_timeout: float = 5.0
-    max_connections: int = 200
-    mqtt: str | None = None
-    mqtt_qos: int = 1
-    mqtt_buffer: int = 1000
-    mqtt_buffer_bytes: int = 16 * MiB
-    mqtt_keepalive: int = 30
-    mqtt_client_id: str | None = None
-    mqtt_ca: str | None = None
-    mqtt_cert: str | None = None
-    mqtt_key: str | None = None
-    mqtt_insecure: bool = False
-    jsonl: str | None = None
-    jsonl_max_bytes: int = 10 * MiB
-    jsonl_keep: int = 5
+
+def settle_fields(instance: Any, owner: str) -> None:
+    """Check and type every field of a frozen dataclass made with ``option_field`` (or ``ServeConfig``'s)."""
+    for item in dataclasses.fields(instance):
+        option = item.metadata.get("option")
+        if option is None:
+            continue
+        named = f" ({option.flag})" if option.flag.startswith("--") else ""
+        value = getattr(instance, item.name)
+        settled = option.settle(value, f"{owner} {item.name}{named}")
+        if settled is not value:
+            object.__setattr__(instance, item.name, settled)
+
+
+def option_field(name: str) -> Any:
+    """A dataclass field that takes its default, type check and parser from the option ``name``."""
+    option = BY_FIELD[name]
+    return dataclasses.field(default=option.default, metadata={"option": option})  # None: factory() on init
+
+
+def _post_init(self: Any) -> None:
+    settle_fields(self, "ServeConfig")
+    check(self)
+
+
+BY_FIELD: dict[str, Option] = {option.field: option for option in (BUNDLE, *OPTIONS)}
+# Everything `edgekit serve` runs with: one field per option (and the bundle), made from OPTIONS so the
+# defaults and types cannot drift from the flags. Constructing one checks every value and the checks that
+# span options (UsageError naming the field); build_config makes one from the file, the flags and the env.
+ServeConfig = dataclasses.make_dataclass(
+    "ServeConfig",
+    [(option.field, option.type, option_field(option.field)) for option in (BUNDLE, *OPTIONS)],
+    namespace={"__post_init__": _post_init},
+    frozen=True,
+    kw_only=True,
+)
+ServeConfig.__module__ = __name__
+ServeConfig.__doc__ = (
+    "Everything ``edgekit serve`` runs with; one field per entry of ``OPTIONS`` (plus ``bundle``). Build it with "
+    "``build_config`` (file, flags, environment) or directly: either way every value is checked on construction."
+)
+
+
+def validated(config: Any) -> Any:
+    """``config`` checked again, as it was when constructed (a Daemon calls this before it opens anything)."""
+    if not isinstance(config, ServeConfig):
+        raise TypeError(f"expected a ServeConfig (edgekit.serve.build_config makes one), got {type(config).__name__}")
+    return dataclasses.replace(config)
 
 
 def _flatten(data: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -315,16 +368,16 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UsageError(f"config file '{path}' does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"config file '{path}' cannot be read ({exc})") from None
+        raise UsageError(f"config file '{path}' cannot be read ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from None
+        raise UsageError(f"{path}: not valid TOML ({exc})") from exc
     by_key = {o.key: o for o in OPTIONS}
     values: dict[str, Any] = {}
     for key, value in _flatten(data, path).items():
         section, _, name = key.rpartition(".")
         where = f"{path}: [{section}] {name}" if section else f"{path}: {key}"
         if key == BUNDLE_KEY:
-            values["bundle"] = _str(value, where)
+            values[BUNDLE.field] = BUNDLE.parse(value, where)
         elif key in by_key:
             values[by_key[key].field] = by_key[key].parse(value, where)
         else:
@@ -351,13 +404,7 @@ def build_config(
     merged = {**(file_values or {}), **(flag_values or {})}
     if not merged.get("token") and os.environ.get(TOKEN_ENV):
         merged["token"] = _str(os.environ[TOKEN_ENV], TOKEN_ENV)
-    if not merged.get("bundle"):
-        raise UsageError("no bundle given: pass BUNDLE, or set 'bundle' in the --config file")
-    if not merged.get("source"):
-        raise UsageError("no source given: pass --source (e.g. 0, rtsp://..., video.mp4), or set [source] uri")
-    config = ServeConfig(**merged)
-    check(config)
-    return config
+    return ServeConfig(**merged)  # it checks the bundle and source are given, each value, then `check`
 
 
 def is_loopback(host: str) -> bool:
@@ -370,7 +417,7 @@ def is_loopback(host: str) -> bool:
 
 
 def check(config: ServeConfig) -> None:
-    """Checks that span options; each error names the options to change."""
+    """Checks that span options; each error names the options to change. ``ServeConfig`` runs it when built."""
     if config.token is not None and len(config.token) < MIN_TOKEN_LENGTH:
         raise UsageError(
             f"the token (--token, {TOKEN_ENV} or [http] token) has {len(config.token)} characters; use at least "

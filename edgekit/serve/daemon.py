@@ -17,7 +17,7 @@ from typing import Any
 from edgekit._version import __version__
 from edgekit.errors import UsageError
 from edgekit.serve.capture import CaptureLoop, CaptureOptions, LatestFrame
-from edgekit.serve.config import ServeConfig
+from edgekit.serve.config import ServeConfig, validated
 from edgekit.serve.engine import Engine
 from edgekit.serve.live import LiveHub, StreamPublisher
 from edgekit.serve.metrics import Metrics
@@ -41,7 +41,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port or --host") from None
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port or --host") from exc
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -49,6 +49,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 class Daemon:
     def __init__(self, config: ServeConfig) -> None:
+        config = validated(config)  # every value and cross-option check again, before anything opens
         self.config = config
         self.metrics = Metrics()
         self.stop_event = threading.Event()
@@ -65,12 +66,7 @@ class Daemon:
         self.hub = LiveHub()
         self.fanout = Fanout(self._publishers(), self.metrics)
         self.slot = LatestFrame()
-        options = CaptureOptions(
-            resolution=config.resolution, fps=config.fps, rotate=config.rotate, loop=config.loop,
-            realtime=config.realtime, reconnect_delay=config.reconnect_delay,
-            reconnect_max_delay=config.reconnect_max_delay, timeout=config.source_timeout,
-            rtsp_transport=config.rtsp_transport,
-        )  # fmt: skip
+        options = CaptureOptions.from_config(config)
         self.capture = CaptureLoop(self.spec, options, self.slot, self.metrics, self.stop_event)
         self.worker = InferenceWorker(engine=self.engine, slot=self.slot, fanout=self.fanout, metrics=self.metrics,
                                       device_id=config.device_id, stop=self.stop_event)  # fmt: skip
