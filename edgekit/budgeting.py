@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends.base import compiler_for
-from edgekit.imagesets import ImageSet
+from edgekit.imagesets import ImageSet, iter_batches
 from edgekit.quantize import budget as bud
 from edgekit.report.latency import measure
 
@@ -74,8 +74,8 @@ def parts(images: ImageSet, root: Path, reference: Callable[[np.ndarray], np.nda
 
     def part(idx: list[int]) -> bud.Part:
         sub = images.subset(idx)
-        outputs = np.concatenate([reference(sub.tensors[i : i + 64]) for i in range(0, len(sub.tensors), 64)])
-        return bud.Part(sub.tensors, sub.labels, outputs)
+        outputs = np.concatenate([reference(x) for x in sub.batches(64)])  # streamed: only outputs are held
+        return bud.Part(sub, sub.labels, outputs)
 
     return part(search_idx), part(check_idx)
 
@@ -94,12 +94,11 @@ def run(
     """Search, confirm on the check part; return the layers to keep, the manifest record and warnings."""
     latency = trials.latency if trials.on_target else None
     result = bud.search(layers=layers, build=trials.build, part=search_part, budget=budget,
-                        check_images=len(check_part.tensors), latency=latency, log=log)  # fmt: skip
+                        check_images=len(check_part), latency=latency, log=log)  # fmt: skip
     final = trials.build(result.excluded)
-    check = check_part.figures(np.concatenate(
-        [final(check_part.tensors[i : i + 64]) for i in range(0, len(check_part.tensors), 64)]))  # fmt: skip
+    check = check_part.figures(np.concatenate([final(x) for x in iter_batches(check_part.images, 64)]))
     holds = budget.holds(check)
-    log(f"check part ({len(check_part.tensors)} images the search did not use): budget "
+    log(f"check part ({len(check_part)} images the search did not use): budget "
         f"{'holds' if holds else 'does NOT hold'}")  # fmt: skip
     warnings = [] if holds else [
         f"the accuracy budget ({budget.describe()}) held on the search images but not on the check images "
@@ -116,10 +115,10 @@ def run(
     record = {
         "budget": budget.to_dict(),
         "met": holds,
-        "search_images": len(search_part.tensors),
+        "search_images": len(search_part),
         "search_margin_points": round(result.margin, 3),
         "confidence": budget.confidence,
-        "check_images": len(check_part.tensors),
+        "check_images": len(check_part),
         "naive_int8_on_search": result.naive.to_dict(),
         "on_search": result.search.to_dict(),
         "on_check": check.to_dict(),

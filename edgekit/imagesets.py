@@ -1,12 +1,15 @@
 """Image folders: find images, sample them deterministically, read class-folder trees, preprocess.
 
 Used at build time for calibration and validation; preprocessing is the runtime's own, so calibration
-sees exactly what the device will.
+sees exactly what the device will. Image sets are streamed: loading one checks and hashes every file but
+keeps no pixels; consumers iterate ``ImageSet.batches(size)`` (or ``iter_batches``), which reads the files
+again on demand, so memory stays bounded by one batch however many images a folder holds.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,14 +55,51 @@ def class_folders(root: str | Path) -> list[str]:
 
 @dataclass
 class ImageSet:
-    """Preprocessed images, the files they came from, and the files that could not be read."""
+    """Image files that decode and preprocess, their labels and digests: the pixels are not held.
 
-    tensors: np.ndarray
+    ``batches(size)`` reads, decodes and preprocesses the files ``size`` at a time, on demand, so a set of
+    50,000 images costs its paths and hashes, not 50,000 tensors; every pass reads the files again.
+    """
+
     paths: list[Path]
+    spec: ModelSpec
     labels: np.ndarray | None = None
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     sha256: str = ""
     hashes: list[str] = field(default_factory=list)  # sha256 of each used file's bytes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def batches(self, size: int) -> Iterator[np.ndarray]:
+        """The preprocessed images in order, ``size`` at a time (the last batch may be smaller)."""
+        if size < 1:
+            raise ValueError(f"batch size must be at least 1, not {size}")
+        for start in range(0, len(self.paths), size):
+            yield np.stack([self._read(i) for i in range(start, min(start + size, len(self.paths)))])
+
+    def head(self, n: int) -> np.ndarray:
+        """The first ``n`` preprocessed images (all of them if fewer), as one array."""
+        return next(self.batches(max(1, min(n, len(self.paths)))))
+
+    @property
+    def tensors(self) -> np.ndarray:
+        """Every preprocessed image as one array: holds the whole set, so only for small sets (tests, benches)."""
+        return np.concatenate(list(self.batches(256)))
+
+    def _read(self, i: int) -> np.ndarray:
+        path = self.paths[i]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(
+                f"image '{path}' could not be read again ({exc}); keep the image folder in place while compiling"
+            ) from exc
+        if hashlib.sha256(data).hexdigest() != self.hashes[i]:
+            raise DataError(
+                f"image '{path}' changed while it was in use; keep the image folder unchanged while compiling"
+            )
+        return _preprocess(data, path, self.spec)
 
     def subset(self, indices: list[int]) -> ImageSet:
         """The images at ``indices`` (in that order), with a digest of their own."""
@@ -67,9 +107,8 @@ class ImageSet:
         for i in indices:
             digest.update(bytes.fromhex(self.hashes[i]))
         return ImageSet(
-            self.tensors[indices], [self.paths[i] for i in indices],
-            None if self.labels is None else self.labels[indices], [], digest.hexdigest(),
-            [self.hashes[i] for i in indices],
+            [self.paths[i] for i in indices], self.spec, None if self.labels is None else self.labels[indices], [],
+            digest.hexdigest(), [self.hashes[i] for i in indices],
         )  # fmt: skip
 
     def without(self, hashes: set[str]) -> tuple[ImageSet, int]:
@@ -78,18 +117,31 @@ class ImageSet:
         return (self if len(keep) == len(self.hashes) else self.subset(keep)), len(self.hashes) - len(keep)
 
 
-def _load(
-    paths: list[Path], spec: ModelSpec
-) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]], str, list[str]]:
+Images = np.ndarray | ImageSet
+
+
+def iter_batches(images: Images, size: int) -> Iterator[np.ndarray]:
+    """Batches of ``size`` from an array (slices of it) or an ``ImageSet`` (read on demand), in order."""
+    if isinstance(images, np.ndarray):
+        return (images[i : i + size] for i in range(0, len(images), size))
+    return images.batches(size)
+
+
+def _preprocess(data: bytes, path: Path, spec: ModelSpec) -> np.ndarray:
     from edgekit.runtime.preprocess import decode_image, preprocess
 
-    tensors, ok, skipped, hashes = [], [], [], []
+    image = decode_image(data, name=str(path))
+    return preprocess(image, spec.preprocess, spec.input, color_order="BGR")
+
+
+def _scan(paths: list[Path], spec: ModelSpec) -> tuple[list[Path], list[tuple[Path, str]], str, list[str]]:
+    """Which files decode and preprocess (each is read once and its pixels dropped), and their digests."""
+    ok, skipped, hashes = [], [], []
     digest = hashlib.sha256()
     for path in paths:
         try:
             data = path.read_bytes()
-            image = decode_image(data, name=str(path))
-            tensors.append(preprocess(image, spec.preprocess, spec.input, color_order="BGR"))
+            _preprocess(data, path, spec)
         except (OSError, DataError) as exc:
             skipped.append((path, str(exc)))
             continue
@@ -97,7 +149,7 @@ def _load(
         file_hash = hashlib.sha256(data)
         hashes.append(file_hash.hexdigest())
         digest.update(file_hash.digest())
-    return tensors, ok, skipped, digest.hexdigest(), hashes
+    return ok, skipped, digest.hexdigest(), hashes
 
 
 def load_calibration(root: str | Path, spec: ModelSpec, *, size: int, min_images: int = 10) -> ImageSet:
@@ -110,13 +162,13 @@ def load_calibration(root: str | Path, spec: ModelSpec, *, size: int, min_images
             "folder of images like those the model will see"
         )
     chosen = sample(paths, size, root=root)
-    tensors, ok, skipped, sha, hashes = _load(chosen, spec)
+    ok, skipped, sha, hashes = _scan(chosen, spec)
     if len(ok) < min(min_images, len(chosen)) or not ok:
         raise DataError(
             f"calibration folder '{root}': only {len(ok)} of {len(chosen)} images could be read "
             f"({len(skipped)} unreadable, e.g. {skipped[0][0].name}); at least {min_images} are needed"
         )
-    return ImageSet(np.stack(tensors), ok, None, skipped, sha, hashes)
+    return ImageSet(ok, spec, None, skipped, sha, hashes)
 
 
 def load_labelled(root: str | Path, spec: ModelSpec, labels: tuple[str, ...]) -> ImageSet:
@@ -141,12 +193,12 @@ def load_labelled(root: str | Path, spec: ModelSpec, labels: tuple[str, ...]) ->
         for p in find_images(root / folder):
             paths.append(p)
             ids.append(index[folder])
-    tensors, ok, skipped, sha, hashes = _load(paths, spec)
+    ok, skipped, sha, hashes = _scan(paths, spec)
     if not ok:
         raise DataError(f"validation folder '{root}': none of its {len(paths)} images could be read")
     keep = set(ok)
     labels_arr = np.array([i for p, i in zip(paths, ids, strict=True) if p in keep], dtype=np.int64)
-    return ImageSet(np.stack(tensors), ok, labels_arr, skipped, sha, hashes)
+    return ImageSet(ok, spec, labels_arr, skipped, sha, hashes)
 
 
 def load_unlabelled(root: str | Path, spec: ModelSpec) -> ImageSet:
@@ -155,7 +207,7 @@ def load_unlabelled(root: str | Path, spec: ModelSpec) -> ImageSet:
     paths = find_images(root, what="validation folder")
     if not paths:
         raise DataError(f"validation folder '{root}' holds no JPEG, PNG, BMP or WebP images")
-    tensors, ok, skipped, sha, hashes = _load(paths, spec)
+    ok, skipped, sha, hashes = _scan(paths, spec)
     if not ok:
         raise DataError(f"validation folder '{root}': none of its {len(paths)} images could be read")
-    return ImageSet(np.stack(tensors), ok, None, skipped, sha, hashes)
+    return ImageSet(ok, spec, None, skipped, sha, hashes)

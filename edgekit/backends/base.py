@@ -109,4 +109,4 @@ def parse_options(cls: type, options: dict[str, Any], *, backend: str, source: s
     try:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
     except TypeError as exc:
-        raise UsageError(f"{source}: backend_options: {exc}") from None
+        raise UsageError(f"{source}: backend_options: {exc}") from exc

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError, UsageError
+from edgekit.imagesets import Images, iter_batches
 
 Infer = Callable[[np.ndarray], np.ndarray]
 Build = Callable[[tuple[str, ...]], Infer]
@@ -137,8 +138,8 @@ def _confidence(value: float | str) -> float:
 def _number(text: str, flag: str) -> float:
     try:
         value = float(text)
-    except ValueError:
-        raise UsageError(f"{flag} takes a number, not '{text}'") from None
+    except ValueError as exc:
+        raise UsageError(f"{flag} takes a number, not '{text}'") from exc
     if not math.isfinite(value):
         raise UsageError(f"{flag} takes a finite number, not '{text}'")
     return value
@@ -171,11 +172,15 @@ class Figures:
 
 @dataclass(frozen=True)
 class Part:
-    """Preprocessed images, their labels (or None) and the FP32 model's outputs on them."""
+    """Images (an array, or an ``ImageSet`` read one batch at a time), their labels (or None) and the FP32
+    model's outputs on them. Each measurement streams the images again; only outputs are held."""
 
-    tensors: np.ndarray
+    images: Images
     labels: np.ndarray | None
     fp32_outputs: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
 
     def figures(self, outputs: np.ndarray) -> Figures:
         pred, ref = outputs.argmax(1), self.fp32_outputs.argmax(1)
@@ -213,8 +218,8 @@ class BudgetNotMet(EdgekitError):
     """The budget does not hold even with every quantized layer in higher precision."""
 
 
-def _outputs(infer: Infer, tensors: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([infer(tensors[i : i + batch]) for i in range(0, len(tensors), batch)])
+def _outputs(infer: Infer, images: Images, batch: int) -> np.ndarray:
+    return np.concatenate([infer(x) for x in iter_batches(images, batch)])
 
 
 def search(
@@ -234,10 +239,10 @@ def search(
 
     def measure(excluded: tuple[str, ...]) -> tuple[Figures, Infer]:
         infer = build(excluded)
-        return part.figures(_outputs(infer, part.tensors, batch)), infer
+        return part.figures(_outputs(infer, part.images, batch)), infer
 
     naive, infer = measure(())
-    n = len(part.tensors)
+    n = len(part)
     discordance = 0.01 if math.isnan(naive.discordance) else naive.discordance  # drop budgets only
     margin = budget.margin(n, check_images, discordance)
     if not budget.reachable(margin, naive.fp32_top1):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from edgekit.errors import UsageError, require
+from edgekit.imagesets import Images, iter_batches
 
 # edgekit's calibration methods in NNCF's terms: the activations' range estimator (weights are always
 # per-channel min/max). NNCF has no entropy (KL) estimator.
@@ -40,7 +42,7 @@ def _range_estimator(method: str, percentile: float) -> Any:
 
 def quantize(
     ov_model: Any,
-    tensors: np.ndarray,
+    tensors: Images,
     *,
     static_batch: int | None = None,
     ignored_names: tuple[str, ...] = (),
@@ -58,7 +60,7 @@ def quantize(
     # to 32): statistics collection then takes a second instead of two or three, which counts in a budget
     # search's dozens of trial builds. A static-batch model takes its own batch.
     batch = static_batch or max(d for d in range(1, min(32, len(tensors)) + 1) if len(tensors) % d == 0)
-    items = [tensors[i : i + batch] for i in range(0, len(tensors) - batch + 1, batch)]
+    items = _Batches(tensors, batch)
     ignored = nncf.IgnoredScope(names=list(ignored_names)) if ignored_names else None
     kwargs = {"ignored_scope": ignored} if ignored else {}
     estimator = _range_estimator(method, percentile)
@@ -90,6 +92,22 @@ def quantize(
         **({"percentile": percentile} if method == "percentile" else {}),
         "layers_kept_in_higher_precision": sorted(ignored_names),
     }
+
+
+class _Batches:
+    """The calibration images in whole batches of ``batch`` (a last, smaller one is dropped), read again from
+    disk on each pass NNCF makes: an iterable it can go over more than once, holding one batch at a time."""
+
+    def __init__(self, images: Images, batch: int) -> None:
+        self.images, self.batch = images, batch
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for x in iter_batches(self.images, self.batch):
+            if len(x) == self.batch:
+                yield x
 
 
 BUDGET_OPS = ("Convolution", "GroupConvolution", "MatMul", "Add")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import UsageError, require
+from edgekit.imagesets import Images, iter_batches
 
 ENTROPY_BINS = 2048  # histogram bins for entropy calibration (TensorRT's entropy calibrator uses 2048 too)
 OPS_TO_QUANTIZE = ("Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
@@ -57,10 +58,10 @@ SYMMETRIC_RECIPE = QDQRecipe(
 
 
 class _Reader:
-    """ONNX Runtime's one-method calibration reader protocol over preprocessed batches."""
+    """ONNX Runtime's one-method calibration reader protocol over preprocessed batches, read on demand."""
 
-    def __init__(self, name: str, tensors: np.ndarray, batch: int) -> None:
-        self._batches = iter([tensors[i : i + batch] for i in range(0, len(tensors), batch)])
+    def __init__(self, name: str, tensors: Images, batch: int) -> None:
+        self._batches = iter_batches(tensors, batch)
         self._name = name
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -100,7 +101,7 @@ def _dynamic_batch(count: int, method: str) -> int:
 _RANGES_DIR: Path | None = None
 
 
-def _ranges_path(model: Any, tensors: np.ndarray, recipe: QDQRecipe, batch: int) -> Path | None:
+def _ranges_path(model: Any, tensors: Images, recipe: QDQRecipe, batch: int) -> Path | None:
     """Where this calibration's ranges are (or will be) cached; None on a release without the cache."""
     import atexit
     import hashlib
@@ -117,7 +118,8 @@ def _ranges_path(model: Any, tensors: np.ndarray, recipe: QDQRecipe, batch: int)
         _RANGES_DIR = Path(tempfile.mkdtemp(prefix="edgekit-ranges-"))
         atexit.register(shutil.rmtree, _RANGES_DIR, True)
     h = hashlib.sha256(model.SerializeToString())
-    h.update(np.ascontiguousarray(tensors).tobytes())
+    for x in iter_batches(tensors, 256):  # the same bytes as the whole array's, one batch at a time
+        h.update(np.ascontiguousarray(x).tobytes())
     h.update(repr((recipe.method, recipe.percentile, recipe.symmetric_activations, recipe.op_types, batch)).encode())
     return _RANGES_DIR / f"{h.hexdigest()[:32]}.json"
 
@@ -202,7 +204,7 @@ def _calibrate_method(recipe: QDQRecipe):
 
 def quantize(
     model: Any,
-    tensors: np.ndarray,
+    tensors: Images,
     out: Path,
     *,
     recipe: QDQRecipe,

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.imagesets import Images, iter_batches
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -21,8 +23,9 @@ class Evaluation:
         return {"top1": round(self.top1, 3), "top5": round(self.top5, 3)}
 
 
-def run_batches(infer: Callable[[np.ndarray], np.ndarray], tensors: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([infer(tensors[i : i + batch]) for i in range(0, len(tensors), batch)]).astype(np.float32)
+def run_batches(infer: Callable[[np.ndarray], np.ndarray], images: Images, batch: int) -> np.ndarray:
+    """``infer``'s outputs on every image, ``batch`` at a time; an ``ImageSet`` is read one batch at a time."""
+    return np.concatenate([infer(x) for x in iter_batches(images, batch)]).astype(np.float32)
 
 
 def evaluate(outputs: np.ndarray, labels: np.ndarray, names: list[str] | tuple[str, ...]) -> Evaluation:

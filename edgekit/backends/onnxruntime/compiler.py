@@ -45,7 +45,7 @@ def compile(
         )
         quantization = onnxruntime_qdq.quantize(
             model,
-            calibration.tensors,
+            calibration,
             out,
             recipe=recipe,
             input_name=spec.input.name,

@@ -53,7 +53,7 @@ def compile(
     quantization = None
     if precision == "int8":
         ov_model, quantization = nncf_ov.quantize(
-            ov_model, calibration.tensors, static_batch=static_batch, ignored_names=keep_in_higher_precision,
+            ov_model, calibration, static_batch=static_batch, ignored_names=keep_in_higher_precision,
             method=calibration_method, percentile=calibration_percentile,
         )  # fmt: skip
     ov.save_model(ov_model, str(staging / MODEL_FILE), compress_to_fp16=precision == "fp16")

@@ -89,7 +89,7 @@ def _quantize(
     recipe = dataclasses.replace(onnxruntime_qdq.SYMMETRIC_RECIPE, method=method, percentile=percentile)
     quantization = onnxruntime_qdq.quantize(
         model,
-        calibration.tensors,
+        calibration,
         staging / MODEL_FILE,
         recipe=recipe,
         input_name=spec.input.name,
