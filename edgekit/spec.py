@@ -134,7 +134,7 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from None
+        raise UsageError(f"{path}: not valid TOML ({exc})") from exc
     allowed = {
         "": {"name", "task", "labels", "output_kind", "input", "preprocess"},
         "input.": {f.name for f in dataclasses.fields(InputSpec)},
@@ -147,6 +147,23 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
                 f"{path}: unknown key '{prefix}{unknown[0]}'; allowed: {', '.join(sorted(allowed[prefix]))}"
             )
     return data
+
+
+def spec_beside(model: Any) -> Path | None:
+    """The model-spec TOML beside a model file, used when no spec is given: ``<folder>/<model stem>.toml``,
+    else ``<folder>/model.toml``; None when there is neither, or ``model`` is not a file path."""
+    if not isinstance(model, (str, Path)) or not Path(model).is_file():
+        return None
+    path = Path(model)
+    for candidate in (path.with_suffix(".toml"), path.with_name("model.toml")):
+        if candidate != path and candidate.is_file():
+            return candidate
+    return None
+
+
+def spec_beside_note(path: Path) -> str:
+    """What compile and report say when they use the spec found by :func:`spec_beside`."""
+    return f"using the model spec {path} (beside the model; pass --spec to choose another)"
 
 
 def read_labels_file(path: str | Path) -> tuple[str, ...]:

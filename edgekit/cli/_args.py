@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -74,3 +75,26 @@ def scale(text: str) -> float:
         return float(text)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"'{text}' is not a number (e.g. 0.00392 or 1/255)") from None
+
+
+def choice(*choices: str) -> Callable[[str], str]:
+    """A ``type=`` for a choice flag that accepts any case and gives the canonical spelling ('bgr' -> 'BGR').
+
+    Pass the same tuple as ``choices=``: the help still lists them, and a value that is none of them gets
+    argparse's own "invalid choice" error naming the choices.
+    """
+    canonical = {c.lower(): c for c in choices}
+
+    def parse(text: str) -> str:
+        return canonical.get(text.strip().lower(), text)
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def lower_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names whose canonical spelling is lower case (precisions, methods)."""
+    values = tuple(v.strip().lower() for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return values

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from edgekit.cli import _args
-from edgekit.targets import CALIBRATION_METHODS
+from edgekit.spec import COLOR_ORDERS, LAYOUTS, RESIZE_MODES
+from edgekit.targets import CALIBRATION_METHODS, PRECISIONS
 
 EPILOG = """examples:
   edgekit compile model.onnx --target cpu --precision int8 --calib calib/ --val val/ -o model.edgekit
@@ -26,14 +27,15 @@ def add_parser(sub) -> None:
     p.add_argument(
         "-t", "--target", required=True, help="target name or alias (see 'edgekit targets'), or a .toml path"
     )
-    p.add_argument("-p", "--precision", choices=("fp32", "fp16", "int8"), help="default: the target's default")
+    p.add_argument("-p", "--precision", type=_args.choice(*PRECISIONS), choices=PRECISIONS,
+                   help="default: the target's default")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="bundle path to write (a folder; one file with --pack)")
     p.add_argument("--pack", action="store_true", help="write the bundle as one file (a stored zip)")
     g = p.add_argument_group("data")
     g.add_argument("--calib", metavar="FOLDER", help="calibration images (searched recursively); needed for int8")
     g.add_argument("--calib-size", type=_args.positive_int, default=300, metavar="N",
                    help="calibration images to sample deterministically (default 300)")  # fmt: skip
-    g.add_argument("--calib-method", choices=CALIBRATION_METHODS,
+    g.add_argument("--calib-method", type=_args.choice(*CALIBRATION_METHODS), choices=CALIBRATION_METHODS,
                    help="activation range estimation (default: the target's, see 'edgekit targets'); mean-minmax is "
                    "OpenVINO only, entropy is not offered on OpenVINO")  # fmt: skip
     g.add_argument("--calib-percentile", type=float, default=99.999, metavar="P",
@@ -60,16 +62,19 @@ def add_parser(sub) -> None:
         "to spare (default 0.95)",
     )
     m = p.add_argument_group("model spec (override what the model and --spec say)")
-    m.add_argument("--spec", metavar="TOML", help="model-spec file: name, labels, [input], [preprocess]")
+    m.add_argument("--spec", metavar="TOML", help="model-spec file: name, labels, [input], [preprocess] (default: "
+                   "<model stem>.toml, else model.toml, beside the model, if there is one)")  # fmt: skip
     m.add_argument("--name", help="model name stored in the bundle")
     m.add_argument("--input-shape", type=_args.int_list, metavar="N,C,H,W", help="input shape, e.g. 1,3,224,224")
-    m.add_argument("--layout", choices=("NCHW", "NHWC"), help="input layout (default: read from the model)")
+    m.add_argument("--layout", type=_args.choice(*LAYOUTS), choices=LAYOUTS,
+                   help="input layout (default: read from the model)")  # fmt: skip
     m.add_argument("--labels", metavar="FILE", help="labels file, one a line (default: --val's class folders)")
     pre = p.add_argument_group("preprocessing")
     pre.add_argument("--resize", type=_args.size, metavar="N|H,W", help="shorter side N, or exactly H,W")
-    pre.add_argument("--resize-mode", choices=("bilinear", "nearest", "bicubic", "area"))
+    pre.add_argument("--resize-mode", type=_args.choice(*RESIZE_MODES), choices=RESIZE_MODES)
     pre.add_argument("--crop", type=_args.hw, metavar="N|H,W", help="centre crop after the resize")
-    pre.add_argument("--color-order", choices=("RGB", "BGR"), help="channel order the model expects")
+    pre.add_argument("--color-order", type=_args.choice(*COLOR_ORDERS), choices=COLOR_ORDERS,
+                     help="channel order the model expects")  # fmt: skip
     pre.add_argument("--scale", type=_args.scale, help="pixel multiplier before mean/std (default 1/255)")
     pre.add_argument("--mean", type=_args.float_triple, metavar="R,G,B", help="per-channel mean")
     pre.add_argument("--std", type=_args.float_triple, metavar="R,G,B", help="per-channel std")

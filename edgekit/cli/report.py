@@ -43,9 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="report folder to write (created if missing)")
     p.add_argument("--targets", type=_names, default=("cpu", "intel-cpu"), metavar="T,T,...",
                    help="target names, aliases or .toml paths (default cpu,intel-cpu)")  # fmt: skip
-    p.add_argument("--precisions", type=_names, default=("fp32", "fp16", "int8"), metavar="P,P,...",
+    p.add_argument("--precisions", type=_args.lower_names, default=("fp32", "fp16", "int8"), metavar="P,P,...",
                    help="precisions to compile (default fp32,fp16,int8)")  # fmt: skip
-    p.add_argument("--calib-methods", type=_names, default=("default",), metavar="M,M,...",
+    p.add_argument("--calib-methods", type=_args.lower_names, default=("default",), metavar="M,M,...",
                    help="int8 calibration methods to compare: default (each target's own), minmax, entropy, "
                    "percentile, mse, mean-minmax (default: default)")  # fmt: skip
     g = p.add_argument_group("data")
@@ -55,7 +55,8 @@ def add_parser(sub) -> None:
     g.add_argument("--calib", type=Path, metavar="FOLDER", help="calibration images (needed for int8)")
     g.add_argument("--calib-size", type=_args.positive_int, default=300, metavar="N", help="calibration sample (300)")
     m = p.add_argument_group("model spec")
-    m.add_argument("--spec", type=Path, metavar="TOML", help="model-spec file: name, labels, [input], [preprocess]")
+    m.add_argument("--spec", type=Path, metavar="TOML", help="model-spec file: name, labels, [input], [preprocess] "
+                   "(default: <model stem>.toml, else model.toml, beside the model, if there is one)")  # fmt: skip
     m.add_argument("--name", help="model name")
     m.add_argument(
         "--labels", type=Path, metavar="FILE", help="labels file (default: the spec's, else --val's folders)"
@@ -93,7 +94,12 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgekit.report.report import ReportOptions, run_report
     from edgekit.report.writers import text_table
+    from edgekit.spec import spec_beside, spec_beside_note
 
+    if args.spec is None and (beside := spec_beside(args.model)) is not None:
+        args.spec = beside
+        if not args.quiet:
+            print(f"edgekit: {spec_beside_note(beside)}", file=sys.stderr, flush=True)
     options = ReportOptions(
         val=args.val, targets=args.targets, precisions=args.precisions, calib=args.calib, calib_size=args.calib_size,
         calib_methods=args.calib_methods, spec=args.spec, labels=args.labels, name=args.name,
