@@ -1,6 +1,13 @@
 """Errors a user can fix. The CLI prints them as one line, with no traceback.
 
-Any other exception is a bug in edgekit and keeps its traceback.
+The message says what failed, why and how to fix it, on its own: it never needs the exception underneath.
+That cause is still kept (``raise ModelError(...) from exc`` inside ``except ... as exc:``, never
+``from None``), so ``edgekit --debug`` or ``EDGEKIT_DEBUG=1`` can show what really failed (a protobuf
+parse error, an OSError's errno, a backend's own exception) with the full traceback. ``exit_code`` is the
+CLI's exit status: 2 for a usage error, 1 for any other failure.
+
+Any other exception is a bug in edgekit: the CLI prints its traceback and an "internal error" line asking
+for a report, and exits 3 (``edgekit.cli.INTERNAL_ERROR``).
 """
 
 from __future__ import annotations
@@ -44,4 +51,4 @@ def require(module: str, *, extra: str, purpose: str):
         raise DependencyError(
             f"{purpose} needs the Python package '{module.split('.')[0]}', which is not installed "
             f"({exc}); install it with: pip install 'edgekit[{extra}]'"
-        ) from None
+        ) from exc

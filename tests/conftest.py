@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from support import LABELS, SAMPLE, tiny_module
+
+# The tests check what a user sees by default (one line, no traceback); a developer's EDGEKIT_DEBUG=1
+# would add tracebacks to every CLI run they start.
+os.environ.pop("EDGEKIT_DEBUG", None)
 
 
 @pytest.fixture(scope="session")

@@ -31,21 +31,25 @@ def _compile(model, out, *extra):
     return run_cli("compile", str(model), "--target", "cpu", "-p", "fp32", "-o", str(out), *SPEC_ARGS, *extra)
 
 
+@pytest.mark.slow
 def test_missing_model(tmp_path):
     _check(_compile(tmp_path / "nope.onnx", tmp_path / "o"), 2, "does not exist", out=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_empty_model(tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
     _check(_compile(tmp_path / "empty.onnx", tmp_path / "o"), 1, "empty", out=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_corrupt_model(tmp_path, tiny_onnx):
     data = tiny_onnx.read_bytes()
     (tmp_path / "bad.onnx").write_bytes(data[: len(data) // 3])
     _check(_compile(tmp_path / "bad.onnx", tmp_path / "o"), 1, "bad.onnx", "export it again", out=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_unsupported_op(tmp_path):
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])
     y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])
@@ -56,6 +60,7 @@ def test_unsupported_op(tmp_path):
     _check(_compile(tmp_path / "custom.onnx", tmp_path / "o"), 1, "com.acme::FancyPool", out=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_calibration_folder_without_images(tmp_path, tiny_onnx):
     (tmp_path / "calib").mkdir()
     (tmp_path / "calib" / "notes.txt").write_text("no images here")
@@ -64,6 +69,7 @@ def test_calibration_folder_without_images(tmp_path, tiny_onnx):
     _check(res, 1, "holds no JPEG, PNG, BMP or WebP images", out=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_unreadable_calibration_images_are_skipped_and_counted(tmp_path, tiny_onnx):
     calib = write_images(tmp_path / "calib", per_class=6)
     for i, path in enumerate(sorted(calib.rglob("*.jpg"))[:4]):
@@ -79,16 +85,19 @@ def test_unreadable_calibration_images_are_skipped_and_counted(tmp_path, tiny_on
     _check(res, 1, "could be read", "at least 10 are needed", out=tmp_path / "o2")
 
 
+@pytest.mark.slow
 def test_input_shape_that_does_not_match(tmp_path, tiny_onnx):
     res = _compile(tiny_onnx, tmp_path / "o", "--input-shape", "1,1,32,32")
     _check(res, 2, "does not match the model's input", out=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_unknown_target(tmp_path, tiny_onnx):
     res = run_cli("compile", str(tiny_onnx), "-t", "jetsn", "-o", str(tmp_path / "o"))
     _check(res, 2, "target 'jetsn' not found", "intel-cpu (openvino, intel)", out=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_precision_the_target_does_not_support(tmp_path, tiny_onnx):
     target = tmp_path / "fp32only.toml"
     target.write_text('name = "box"\nbackend = "onnxruntime"\ndevice = "CPU"\nprecisions = ["fp32"]\n')
@@ -108,15 +117,18 @@ def _unwritable_folder(tmp_path):
     pytest.skip("no folder here refuses writes to root")
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder(tmp_path, tiny_onnx):
     ro = _unwritable_folder(tmp_path)
     _check(_compile(tiny_onnx, ro / "edgekit-out"), 2, "is not writable", out=ro / "edgekit-out")
 
 
+@pytest.mark.slow
 def test_output_in_a_missing_folder(tmp_path, tiny_onnx):
     _check(_compile(tiny_onnx, tmp_path / "no" / "such" / "o"), 2, "does not exist", "-o")
 
 
+@pytest.mark.slow
 def test_output_that_is_an_unrelated_folder(tmp_path, tiny_onnx):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("mine")
@@ -124,6 +136,7 @@ def test_output_that_is_an_unrelated_folder(tmp_path, tiny_onnx):
     assert (tmp_path / "docs" / "a.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_bad_image_to_predict(tmp_path, tiny_onnx):
     out = tmp_path / "b"
     assert _compile(tiny_onnx, out).returncode == 0

@@ -12,6 +12,7 @@ from edgekit.errors import DataError
 from edgekit.quantize.budget import Budget, Figures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flag", "value", "needle"),
     [
@@ -29,6 +30,7 @@ def test_bad_budget_values_are_usage_errors(tmp_path, tiny_onnx, flag, value, ne
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_budget_needs_val_and_int8_and_one_form(tmp_path, tiny_onnx):
     base = ("compile", str(tiny_onnx), "-t", "cpu", "--calib", str(SAMPLE / "calib"), "-o", str(tmp_path / "o"))
     res = run_cli(*base, "-p", "int8", "--min-agreement", "99")
@@ -59,6 +61,7 @@ def test_margin_is_the_prediction_bound_for_the_check_part():
     assert tight.images_needed() > 2000 and tight.reachable(tight.margin(*[tight.images_needed() // 2] * 2))
 
 
+@pytest.mark.slow
 def test_bad_confidence_is_a_usage_error(tmp_path, tiny_onnx):
     res = run_cli("compile", str(tiny_onnx), "-t", "cpu", "-p", "int8", "--calib", str(SAMPLE / "calib"),
                   "--val", str(SAMPLE / "test"), "--min-agreement", "99", "--budget-confidence", "1.2",
@@ -87,6 +90,7 @@ def frames(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_agreement_budget_on_unlabelled_frames_reverts_layers_and_holds(tmp_path, tiny_onnx, frames):
     compiled = edgekit.compile_model(
         tiny_onnx, target="cpu", precision="int8", output=tmp_path / "b", spec=CIFAR_SPEC,
@@ -199,6 +203,7 @@ def test_budget_on_the_tensorrt_simulation(tmp_path, tiny_onnx, frames):
     assert b["on_check"]["agreement_with_fp32"] >= 95 and "latency_ms" not in b["curve"][0]
 
 
+@pytest.mark.slow  # more than 15 s on 2 cores
 def test_budget_on_openvino_keeps_layers_out_of_nncf(tmp_path, tiny_onnx, frames):
     """The same search on NNCF trial bundles: the kept layers go to NNCF's IgnoredScope and stay f32."""
     compiled = edgekit.compile_model(
@@ -216,6 +221,7 @@ def test_budget_on_openvino_keeps_layers_out_of_nncf(tmp_path, tiny_onnx, frames
     assert "batch1_latency" in b and b["batch1_latency"]["fp32_ms"] > 0  # intel-cpu runs here
 
 
+@pytest.mark.slow
 def test_report_takes_the_budget_and_shows_ranking_and_curve(tmp_path, tiny_onnx, small_val):
     import json
 

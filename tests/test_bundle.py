@@ -57,6 +57,7 @@ def test_missing_and_unlisted_files_are_refused(bundle):
         edgekit.load_bundle(bundle)
 
 
+@pytest.mark.slow
 def test_newer_schema_is_refused(bundle):
     _rewrite_manifest(bundle, lambda m: m.update(schema_version=99))
     res = run_cli("inspect", str(bundle))
@@ -90,6 +91,7 @@ def test_successful_recompile_replaces_the_bundle(bundle, tiny_onnx, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+@pytest.mark.slow
 def test_interrupted_compile_leaves_no_partial_bundle(bundle, tiny_onnx, tmp_path):
     before = (bundle / MANIFEST).read_bytes()
     cmd = [sys.executable, "-m", "edgekit", "compile", str(tiny_onnx), "-t", "intel-cpu", "-p", "int8",

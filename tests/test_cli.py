@@ -10,11 +10,13 @@ from edgekit import __version__
 from edgekit.cli import COMMANDS
 
 
+@pytest.mark.slow
 def test_version():
     res = run_cli("--version")
     assert res.returncode == 0 and res.stdout.strip() == f"edgekit {__version__}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_on_every_command(command):
     res = run_cli(*([command] if command else []), "--help")
@@ -22,6 +24,7 @@ def test_help_on_every_command(command):
     assert "usage: edgekit" in res.stdout
 
 
+@pytest.mark.slow
 def test_targets_lists_every_target_with_aliases():
     res = run_cli("targets")
     assert res.returncode == 0
@@ -31,6 +34,7 @@ def test_targets_lists_every_target_with_aliases():
     assert "openvino, intel" in row and "CPU" in row and "int8" in row
 
 
+@pytest.mark.slow
 def test_help_and_targets_import_no_torch_or_vendor_runtime():
     code = (
         "import sys, contextlib, io\n"
@@ -45,6 +49,7 @@ def test_help_and_targets_import_no_torch_or_vendor_runtime():
     assert res.stdout.strip() == ""
 
 
+@pytest.mark.slow
 def test_unknown_precision_is_a_usage_error():
     res = run_cli("compile", "m.onnx", "--target", "cpu", "--precision", "int4", "-o", "x")
     assert res.returncode == 2 and "invalid choice: 'int4'" in res.stderr

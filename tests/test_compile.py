@@ -141,6 +141,7 @@ def test_packed_bundle_round_trip(tiny_onnx, tmp_path):
         assert json.loads(json.dumps(bundle.manifest))["schema_version"] == 1
 
 
+@pytest.mark.slow  # more than 15 s on 2 cores
 @pytest.mark.parametrize("target", ["cpu", "jetson-orin-nano"])
 def test_each_calibration_method_and_percentile_changes_the_scales(tiny_onnx, tmp_path, target):
     import onnx
@@ -163,6 +164,7 @@ def test_each_calibration_method_and_percentile_changes_the_scales(tiny_onnx, tm
     assert p99 != p99999
 
 
+@pytest.mark.slow  # more than 15 s on 2 cores
 def test_each_openvino_calibration_method_changes_the_ranges(tiny_onnx, tmp_path):
     """NNCF's range estimators behind --calib-method on intel-cpu: each gives other FakeQuantize ranges."""
     import openvino as ov

@@ -72,6 +72,7 @@ def test_nn_module_through_the_api(tmp_path, sample_calib):
     assert compiled.manifest["input"]["dynamic_batch"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["module", "state_dict"])
 def test_pickled_checkpoint_is_refused_without_unpickling(tmp_path, kind):
     path = tmp_path / "model.pth"

@@ -374,9 +374,9 @@ def validate(manifest: Any, *, source: str) -> dict[str, Any]:
     try:
         SCHEMA(manifest, "")
     except _Invalid as exc:
-        raise _field_error(source, exc) from None
-    except RecursionError:
-        raise BundleError(f"{source}: manifest.json is nested too deeply; {TAMPERED}") from None
+        raise _field_error(source, exc) from exc
+    except RecursionError as exc:
+        raise BundleError(f"{source}: manifest.json is nested too deeply; {TAMPERED}") from exc
     _check_backend_options(manifest, source=source)
     return manifest
 
@@ -407,7 +407,7 @@ def _check_backend_options(manifest: dict[str, Any], *, source: str) -> None:
             elif isinstance(default, tuple):
                 list_of(string)(value, field)
         except _Invalid as exc:
-            raise _field_error(source, exc) from None
+            raise _field_error(source, exc) from exc
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise BundleError(
@@ -417,7 +417,7 @@ def _check_backend_options(manifest: dict[str, Any], *, source: str) -> None:
     try:
         cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
     except EdgekitError as exc:
-        raise BundleError(f"{source}: manifest field 'target.backend_options': {exc}; {TAMPERED}") from None
+        raise BundleError(f"{source}: manifest field 'target.backend_options': {exc}; {TAMPERED}") from exc
 
 
 def named_files(manifest: dict[str, Any]) -> list[tuple[str, str]]:

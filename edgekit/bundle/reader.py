@@ -65,14 +65,14 @@ def read_manifest(root: Path, *, source: str) -> tuple[dict[str, Any], str]:
     try:
         text = path.read_bytes().decode("utf-8")
         manifest = json.loads(text)
-    except UnicodeDecodeError:
-        raise BundleError(f"{source}: manifest.json is not UTF-8 text; the bundle is damaged, recompile it") from None
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{source}: manifest.json is not UTF-8 text; the bundle is damaged, recompile it") from exc
     except json.JSONDecodeError as exc:
         raise BundleError(
             f"{source}: manifest.json is not valid JSON ({exc.msg}); the bundle is damaged, recompile it"
-        ) from None
-    except RecursionError:
-        raise BundleError(f"{source}: manifest.json is nested too deeply; {TAMPERED}") from None
+        ) from exc
+    except RecursionError as exc:
+        raise BundleError(f"{source}: manifest.json is nested too deeply; {TAMPERED}") from exc
     return validate(manifest, source=source), bundle_hash(text)
 
 
@@ -134,7 +134,7 @@ def _check_external_data(root: Path, name: str, listed: dict[str, Any], *, sourc
     try:
         locations = external_data_locations(root / name)
     except NotONNX as exc:
-        raise BundleError(f"{source}: '{name}' is not a valid ONNX model ({exc}); {TAMPERED}") from None
+        raise BundleError(f"{source}: '{name}' is not a valid ONNX model ({exc}); {TAMPERED}") from exc
     folder = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
     for location in locations:
         target = folder + location
@@ -326,7 +326,7 @@ def open_bundle(path: str | Path) -> OpenBundle:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise BundleError(f"{source}: the packed bundle is damaged ({reason}); copy or recompile it") from None
+            raise BundleError(f"{source}: the packed bundle is damaged ({reason}); copy or recompile it") from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

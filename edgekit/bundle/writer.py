@@ -37,7 +37,7 @@ def check_output_path(out: Path, *, pack: bool) -> None:
     except OSError as exc:
         raise UsageError(
             f"cannot write '{out}': folder '{parent}' is not writable ({exc.strerror}); choose another -o"
-        ) from None
+        ) from exc
     if out.is_symlink():
         raise UsageError(f"'{out}' is a symbolic link; choose another -o or remove it")
     if out.is_dir():

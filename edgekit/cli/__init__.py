@@ -1,13 +1,25 @@
 """The ``edgekit`` command: a thin shell over the Python API, one module a command.
 
-``main()`` prints an EdgekitError as one line (no traceback) and exits with its code: 2 for a usage
-error, 1 for a failure. Any other exception is a bug and keeps its traceback.
+``main()`` turns every way a command can end into an exit status and at most one line on stderr:
+
+- an ``EdgekitError`` (a user error) prints the one line ``edgekit: error: <message>`` and exits with its
+  code: 2 for a ``UsageError``, 1 for any other failure. The message is the whole story for the user; the
+  exception that caused it is kept (``raise ... from exc``) and shown only with ``--debug``;
+- any other exception is a bug in edgekit, not in the user's input: it always prints its traceback (a long
+  compile or a daemon's crash may not be cheap to reproduce, and the report needs it), then the line
+  ``edgekit: internal error: <Type>: <message> (a bug in edgekit, ...; please report it ...)``; exit 3;
+- Ctrl-C prints ``edgekit: interrupted`` and exits 130; argparse's own errors exit 2.
+
+``--debug`` (before or after the command) or ``EDGEKIT_DEBUG=1`` in the environment prints, before a user
+error's line, the full traceback with its chain of causes (``traceback.print_exception``); the exit code is
+the same. In every case the last line on stderr is the ``edgekit:`` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from edgekit._version import __version__
@@ -24,31 +36,67 @@ COMMANDS = {
     "bench": "edgekit.cli.bench",
 }
 
+INTERNAL_ERROR = 3  # exit status of a bug in edgekit (user errors are 1 and 2, Ctrl-C 130)
+DEBUG_ENV = "EDGEKIT_DEBUG"
+_DEBUG_HELP = f"on an error, also print the traceback with its causes (or set {DEBUG_ENV}=1)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgekit",
         description="Compile trained conv-nets for edge targets into verified bundles, and run them.",
+        epilog="exit status: 0 success, 1 failure, 2 usage error, 3 internal error (a bug in edgekit), 130 interrupted",
     )
     parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS.values():
         importlib.import_module(module).add_parser(sub)
+    for command in sub.choices.values():  # also after the command; SUPPRESS keeps a --debug given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
+
+
+def debug_from_env() -> bool:
+    """True when EDGEKIT_DEBUG is set to anything but empty, 0, false, no or off."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def main(argv: list[str] | None = None) -> int:
     from edgekit.errors import EdgekitError
 
-    args = build_parser().parse_args(argv)
+    debug = debug_from_env()
     try:
+        args = build_parser().parse_args(argv)
+        debug = debug or args.debug
         return int(args.run(args) or 0)
     except EdgekitError as exc:
+        if debug:
+            _print_traceback(exc)
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if debug:
+            _print_traceback(exc)
         print("edgekit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug in edgekit: keep the traceback for the report, say so on the last line
+        _print_traceback(exc)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        print(
+            f"edgekit: internal error: {what} (a bug in edgekit, not in your input; please report it with the "
+            "traceback above)",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
+
+
+def _print_traceback(exc: BaseException) -> None:
+    import traceback
+
+    sys.stderr.flush()
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
 def entry() -> None:

@@ -20,7 +20,7 @@ def load_onnx(path: Path) -> Any:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise ModelError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}); export it again") from None
+        raise ModelError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}); export it again") from exc
     _load_external_data(model, path)
     if not model.graph.node:
         raise ModelError(f"'{path}' has no graph nodes; it is not a usable ONNX model, export it again")
@@ -29,7 +29,7 @@ def load_onnx(path: Path) -> Any:
         onnx.checker.check_model(model, full_check=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"'{path}' fails the ONNX checker: {first}; export the model again") from None
+        raise ModelError(f"'{path}' fails the ONNX checker: {first}; export the model again") from exc
     return model
 
 
@@ -61,7 +61,7 @@ def _load_external_data(model: Any, path: Path) -> None:
         except Exception as exc:
             raise ModelError(
                 f"'{path}': its external data cannot be read ({type(exc).__name__}); export it again"
-            ) from None
+            ) from exc
 
 
 def _all_tensors(model: Any) -> list[Any]:

@@ -291,7 +291,7 @@ def module_to_onnx(module: Any, shape: tuple[int, ...] | None, out: Path, *, sou
         raise UsageError(
             f"{source} does not run on an input of shape {list(dummy.shape)} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); fix --input-shape"
-        ) from None
+        ) from exc
     try:
         torch.onnx.export(
             module,
@@ -304,7 +304,7 @@ def module_to_onnx(module: Any, shape: tuple[int, ...] | None, out: Path, *, sou
             dynamo=False,
         )
     except Exception as exc:
-        raise ModelError(f"{source} could not be exported to ONNX: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"{source} could not be exported to ONNX: {str(exc).splitlines()[0]}") from exc
     return out
 
 
@@ -317,12 +317,12 @@ def exported_program_to_onnx(path: Path, out: Path) -> Path:
         raise ModelError(
             f"'{path}' is not a loadable torch.export program ({type(exc).__name__}); save it again "
             "with torch.export.save"
-        ) from None
+        ) from exc
     try:
         onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=max(OPSET, 18), verbose=False)
         onnx_program.save(str(out))
     except Exception as exc:
-        raise ModelError(f"'{path}' could not be exported to ONNX: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"'{path}' could not be exported to ONNX: {str(exc).splitlines()[0]}") from exc
     return out
 
 
@@ -346,7 +346,7 @@ def torch_file_to_onnx(path: Path, shape: tuple[int, ...] | None, out: Path, *, 
         except Exception as exc:
             raise ModelError(
                 f"'{path}' is not a loadable TorchScript file ({type(exc).__name__}); save it again"
-            ) from None
+            ) from exc
         return module_to_onnx(module, shape, out, source=f"'{path}'")
     raise ModelError(
         f"'{path}' is neither ONNX, TorchScript nor a torch.export program; export the model to one of these"

@@ -230,7 +230,7 @@ def _accuracy(bundle: Any, val: Path, log: Log) -> dict[str, Any]:
     spec = ModelSpec(input=bundle.input, preprocess=bundle.preprocess_spec, labels=tuple(bundle.labels))
     images = load_labelled(val, spec, spec.labels)
     log(f"measuring accuracy on {len(images.paths)} images from {val}")
-    outputs = ev.run_batches(bundle.infer, images.tensors, bundle.static_batch or 32)
+    outputs = ev.run_batches(bundle.infer, images, bundle.static_batch or 32)
     result = ev.evaluate(outputs, images.labels, bundle.labels)
     return {
         **result.summary(),

@@ -29,7 +29,7 @@ def load_bench_file(path: str | Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"--merge file '{path}' is not JSON ({exc}); pass the output of edgekit bench --json") from None
+        raise DataError(f"--merge file '{path}' is not JSON ({exc}); pass the output of edgekit bench --json") from exc
     schema = doc.get("schema") if isinstance(doc, dict) else None
     if schema != SCHEMA:
         raise DataError(

@@ -102,7 +102,7 @@ def prepare(model: str | Path, options: Any, *, log: Callable[[str], None]) -> P
         )
     log(f"reading validation images from {options.val}")
     val = load_labelled(options.val, spec, spec.labels)
-    outputs = ev.run_batches(lambda x: session.run(None, {spec.input.name: x})[0], val.tensors, 64)
+    outputs = ev.run_batches(lambda x: session.run(None, {spec.input.name: x})[0], val, 64)
     fp32 = ev.evaluate(outputs, val.labels, spec.labels)
     calib = None
     if "int8" in options.precisions:

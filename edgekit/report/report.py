@@ -123,7 +123,7 @@ def _make_output(out: Path) -> None:
         (out / "runs").mkdir(parents=True, exist_ok=True)
         (out / "bundles").mkdir(exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create the report folder '{out}' ({exc.strerror}); choose another -o") from None
+        raise UsageError(f"cannot create the report folder '{out}' ({exc.strerror}); choose another -o") from exc
 
 
 def _key(prep: Prepared, combo: Combination) -> str:

@@ -37,10 +37,10 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"image '{path}' does not exist") from None
+    except FileNotFoundError as exc:
+        raise UsageError(f"image '{path}' does not exist") from exc
     except OSError as exc:
-        raise DataError(f"image '{path}' cannot be read ({exc.strerror})") from None
+        raise DataError(f"image '{path}' cannot be read ({exc.strerror})") from exc
     return decode_image(data, name=str(path))
 
 

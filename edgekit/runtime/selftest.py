@@ -73,7 +73,7 @@ def load(
     except BundleError:
         raise
     except Exception as exc:  # a damaged .npz: zipfile, numpy's format and pickle refusals all end here
-        raise bad(f"cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise bad(f"cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
     if not all(a.dtype.kind in "fiu" for a in (inputs, expected)):
         raise bad("holds non-numeric arrays")
     if expected.ndim != 2 or inputs.ndim < 1 or len(inputs) != len(expected) or len(inputs) < 1:
@@ -104,7 +104,7 @@ def run(infer, bundle_dir: Path, entry: dict[str, Any], input_shape: tuple[int, 
         raise BundleError(
             f"{source}: the self-test could not run the bundle's model ({reason}); the bundle is damaged or was "
             "tampered with, recompile it"
-        ) from None
+        ) from exc
     tol = float(entry["tolerance"])
     if outputs.shape != expected.shape:
         return SelfTestResult(False, len(inputs), float("inf"), tol, len(inputs))

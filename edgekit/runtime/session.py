@@ -76,7 +76,7 @@ class Bundle:
             raise BundleError(
                 f"{self.path}: the {m['backend']['name']} runtime cannot load '{m['backend']['model_file']}' "
                 f"({reason}); the bundle is damaged or was tampered with, recompile it"
-            ) from None
+            ) from exc
         self.selftest_result: selftest.SelfTestResult | None = None
         if run_selftest:
             self.selftest_result = self.self_test()

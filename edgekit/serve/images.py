@@ -174,14 +174,14 @@ def _decode_jpeg(body: bytes) -> np.ndarray:
     try:
         colorspace = simplejpeg.decode_jpeg_header(body)[2]
     except ValueError as exc:
-        raise ImageRejected(400, f"JPEG is corrupt ({exc}); send a valid JPEG") from None
+        raise ImageRejected(400, f"JPEG is corrupt ({exc}); send a valid JPEG") from exc
     if colorspace in ("CMYK", "YCCK"):
         raise ImageRejected(415, f"{colorspace} JPEGs are not supported: send an RGB or greyscale JPEG")
     try:
         return simplejpeg.decode_jpeg(body, colorspace="BGR", strict=True)
     except ValueError as exc:
         reason = str(exc).split("):", 1)[-1].strip() or "decoder error"
-        raise ImageRejected(400, f"JPEG is corrupt or truncated ({reason}); send the whole, valid file") from None
+        raise ImageRejected(400, f"JPEG is corrupt or truncated ({reason}); send the whole, valid file") from exc
 
 
 def decode_image(body: bytes, header: ImageHeader) -> np.ndarray:

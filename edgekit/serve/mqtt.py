@@ -48,8 +48,8 @@ def parse_url(url: str) -> BrokerURL:
         raise UsageError(f"--mqtt: expected mqtt://[user[:pass]@]host[:port][/prefix] or mqtts://..., got {url!r}")
     try:
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise UsageError(f"--mqtt: the port in {url!r} is not a number from 1 to 65535") from None
+    except ValueError as exc:
+        raise UsageError(f"--mqtt: the port in {url!r} is not a number from 1 to 65535") from exc
     prefix = parts.path.strip("/") or "edgekit"
     if any(c in prefix for c in "+#") or "//" in prefix:
         raise UsageError(f"--mqtt: topic prefix '{prefix}' may not contain '+', '#' or empty levels")

@@ -32,7 +32,7 @@ def jsonl_kind(path: Path) -> str:
     except FileNotFoundError:
         return "file"
     except OSError as exc:
-        raise UsageError(f"--jsonl: cannot use '{path}' ({exc.strerror}); pass a file path") from None
+        raise UsageError(f"--jsonl: cannot use '{path}' ({exc.strerror}); pass a file path") from exc
     if stat.S_ISREG(mode):
         return "file"
     if stat.S_ISFIFO(mode):

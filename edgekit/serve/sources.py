@@ -211,7 +211,7 @@ def read_image_file(path: str, *, max_pixels: int = MAX_PIXELS, max_bytes: int =
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise ValueError(f"cannot be opened ({exc.strerror})") from None
+        raise ValueError(f"cannot be opened ({exc.strerror})") from exc
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -279,7 +279,7 @@ def open_reader(spec: SourceSpec, *, resolution: tuple[int, int] | None = None, 
     try:
         return CaptureReader(spec, resolution=resolution, fps=fps, timeout=timeout, rtsp_transport=rtsp_transport)
     except cv2.error as exc:
-        raise SourceError(f"cannot open {spec.kind} source '{spec.shown}': {exc}") from None
+        raise SourceError(f"cannot open {spec.kind} source '{spec.shown}': {exc}") from exc
 
 
 _ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}

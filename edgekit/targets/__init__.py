@@ -97,7 +97,7 @@ def parse_target(text: str, *, source: str) -> Target:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{source}: not valid TOML ({exc}); fix the file's syntax") from None
+        raise UsageError(f"{source}: not valid TOML ({exc}); fix the file's syntax") from exc
     top = _fields(Target) - {"source", "text", "hardware", "backend_options"} | {"hardware", "backend_options"}
     _check_keys(data, top, "", source)
     for key in ("name", "backend", "device", "precisions"):
@@ -128,7 +128,7 @@ def parse_target(text: str, *, source: str) -> Target:
             text=text,
         )
     except TypeError as exc:
-        raise UsageError(f"{source}: {exc}") from None
+        raise UsageError(f"{source}: {exc}") from exc
 
 
 @cache

@@ -20,6 +20,7 @@ def fp32_bundle(tmp_path_factory, tiny_onnx, small_val):
     return out
 
 
+@pytest.mark.slow
 def test_bench_json_reports_every_measurement(fp32_bundle):
     proc = run_cli("bench", str(fp32_bundle), "--json", "--runs", "40", "--batch-sizes", "1,8")
     assert proc.returncode == 0, proc.stderr
@@ -43,6 +44,7 @@ def test_bench_json_reports_every_measurement(fp32_bundle):
     assert "bench:" in proc.stderr  # progress on stderr, JSON alone on stdout
 
 
+@pytest.mark.slow
 def test_bench_measures_accuracy_on_the_device_and_takes_a_given_image(fp32_bundle, small_val, tmp_path):
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), cv2.imread(str(next((small_val / "cat").iterdir()))))
@@ -57,6 +59,7 @@ def test_bench_measures_accuracy_on_the_device_and_takes_a_given_image(fp32_bund
     assert "batch-1 latency" not in proc.stderr  # refused before measuring
 
 
+@pytest.mark.slow
 def test_a_static_shape_bundle_is_measured_at_its_own_batch_only(tmp_path, tiny_onnx, sample_calib):
     out = tmp_path / "npu.edgekit"
     proc = run_cli("compile", str(tiny_onnx), "--target", "intel-npu", "--precision", "fp16", "-o", str(out), "-q")
@@ -68,6 +71,7 @@ def test_a_static_shape_bundle_is_measured_at_its_own_batch_only(tmp_path, tiny_
     assert proc.returncode == 2 and "takes batches of exactly 1" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bench_needs_no_torch_onnx_or_nncf(fp32_bundle):
     code = (
         "import sys\n"
@@ -82,6 +86,7 @@ def test_bench_needs_no_torch_onnx_or_nncf(fp32_bundle):
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--seconds", "0"], "must be positive"), (["--runs", "0"], "must be at least 1"),

@@ -32,6 +32,7 @@ def report_dir(tmp_path_factory, tiny_onnx, small_val):
     return shared_report(tmp_path_factory, tiny_onnx, small_val)
 
 
+@pytest.mark.slow
 def test_the_report_renders_in_chromium_with_its_chart_and_tables_and_no_console_error(report_dir, tmp_path):
     doc = load(report_dir)
     page = inspect_page((report_dir / "report.html").as_uri(), CHECKS)

@@ -30,6 +30,7 @@ def bench_json(bundle, path, *extra: str):
     return path
 
 
+@pytest.mark.slow
 def test_a_device_run_replaces_the_estimate_and_the_simulated_accuracy(copy, tmp_path, tiny_onnx, small_val):
     # The raspberry-pi-5 bundle is ONNX Runtime CPU, so it runs here too: bench it as the device would.
     bench = bench_json(copy / "bundles" / "raspberry-pi-5-int8.edgekit", tmp_path / "pi.json", "--val", str(small_val))
@@ -56,6 +57,7 @@ def test_a_device_run_replaces_the_estimate_and_the_simulated_accuracy(copy, tmp
     assert "merged from pi.json" in html
 
 
+@pytest.mark.slow
 def test_a_result_from_another_bundle_of_the_same_model_is_refused(copy, tmp_path, tiny_onnx, small_val):
     other = tmp_path / "other.edgekit"
     proc = run_cli("compile", str(tiny_onnx), "--target", "cpu", "--precision", "fp32", "-o", str(other), "-q")
@@ -66,6 +68,7 @@ def test_a_result_from_another_bundle_of_the_same_model_is_refused(copy, tmp_pat
     assert "not a bundle of this report" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_result_from_another_model_is_refused(copy, tmp_path, tiny_onnx, small_val):
     import torch
 
@@ -83,6 +86,7 @@ def test_a_result_from_another_model_is_refused(copy, tmp_path, tiny_onnx, small
     assert "measured a bundle of another model" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -20,6 +20,7 @@ def _args(model: Path, val: Path, out: Path, *extra: str) -> list[str]:
             "--targets", "cpu", "--precisions", "fp32,int8,fp16", "--no-bench", "-o", str(out), *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_keeps_its_finished_combinations_and_resume_continues(tmp_path, tiny_onnx, small_val):
     out = tmp_path / "report"
     exe = Path(sys.executable).with_name("edgekit")
@@ -47,6 +48,7 @@ def test_an_interrupted_run_keeps_its_finished_combinations_and_resume_continues
         assert next(r for r in doc["results"] if r["id"] == ident)["bundle"]["hash"] == digest
 
 
+@pytest.mark.slow
 def test_resume_rebuilds_a_combination_whose_inputs_changed(tmp_path, tiny_onnx, small_val):
     out = tmp_path / "report"
     assert run_cli(*_args(tiny_onnx, small_val, out, "--precisions", "fp32")).returncode == 0
@@ -63,6 +65,7 @@ def _fails(args: list[str], code: int, message: str) -> None:
     assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_an_empty_validation_set_is_a_clear_error(tmp_path, tiny_onnx):
     (tmp_path / "val").mkdir()
     (tmp_path / "val" / "cat").mkdir()  # a class folder without images
@@ -70,6 +73,7 @@ def test_an_empty_validation_set_is_a_clear_error(tmp_path, tiny_onnx):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_class_folders_that_are_not_the_labels_are_a_clear_error(tmp_path, tiny_onnx):
     val = write_images(tmp_path / "val", 2, classes=("cat", "dog", "zebra"))
     labels = tmp_path / "labels.txt"
@@ -80,6 +84,7 @@ def test_class_folders_that_are_not_the_labels_are_a_clear_error(tmp_path, tiny_
     _fails(_args(tiny_onnx, val, tmp_path / "out"), 2, "3 labels (cat, dog, zebra) but the model outputs 10 classes")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -93,6 +98,7 @@ def test_bad_flags_are_usage_errors(tmp_path, tiny_onnx, small_val, extra, messa
     _fails([*_args(tiny_onnx, small_val, tmp_path / "out"), *extra], 2, message)
 
 
+@pytest.mark.slow
 def test_int8_without_calibration_images_and_a_foreign_output_folder_are_refused(tmp_path, tiny_onnx, small_val):
     args = ["report", str(tiny_onnx), "--val", str(small_val), "--targets", "cpu", "-o", str(tmp_path / "out")]
     _fails(args, 2, "int8 needs calibration images")
@@ -107,6 +113,7 @@ def test_int8_without_calibration_images_and_a_foreign_output_folder_are_refused
     assert os.listdir(foreign) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_the_report_itself_needs_no_torch(tmp_path, tiny_onnx, small_val):
     """The main job compiles ONNX models: nothing on the report's own path imports torch.
 
@@ -124,6 +131,7 @@ def test_the_report_itself_needs_no_torch(tmp_path, tiny_onnx, small_val):
     assert proc.stdout.strip().splitlines()[-1] == "0 False"
 
 
+@pytest.mark.slow
 def test_each_calibration_method_is_its_own_combination(tmp_path, tiny_onnx, small_val):
     out = tmp_path / "out"
     proc = run_cli(

@@ -22,6 +22,7 @@ def doc(report_dir):
     return load(report_dir)
 
 
+@pytest.mark.slow
 def test_every_target_and_precision_is_covered_and_a_failure_does_not_stop_the_rest(doc, report_dir):
     assert doc["schema"] == "edgekit.report" and doc["schema_version"] == 1
     assert doc["complete"] and doc["progress"] == {"finished": 10, "total": 10}
@@ -45,6 +46,7 @@ def test_every_target_and_precision_is_covered_and_a_failure_does_not_stop_the_r
         assert set(acc["per_class"]) == set(doc["fp32_reference"]["per_class"])
 
 
+@pytest.mark.slow
 def test_measured_rows_carry_the_bench_figures_and_the_machine(doc):
     for ident in ("cpu-fp32", "cpu-int8", "intel-cpu-fp32", "intel-cpu-int8"):
         row = rows(doc)[ident]
@@ -59,6 +61,7 @@ def test_measured_rows_carry_the_bench_figures_and_the_machine(doc):
         assert bench["peak_rss_mb"] > 20 and bench["cpu_percent_of_one_core"] > 0
 
 
+@pytest.mark.slow
 def test_an_absent_target_is_simulated_and_estimated_and_labelled_so(doc):
     for ident in ("raspberry-pi-5-fp32", "raspberry-pi-5-int8"):
         row = rows(doc)[ident]
@@ -72,6 +75,7 @@ def test_an_absent_target_is_simulated_and_estimated_and_labelled_so(doc):
     assert int8["ms"] < fp32["ms"]
 
 
+@pytest.mark.slow
 def test_a_tensorrt_target_without_a_gpu_has_simulated_accuracy_labelled_so(doc):
     for precision in ("fp32", "int8"):
         row = rows(doc)[f"jetson-orin-nano-{precision}"]
@@ -85,6 +89,7 @@ def test_a_tensorrt_target_without_a_gpu_has_simulated_accuracy_labelled_so(doc)
         )
 
 
+@pytest.mark.slow
 def test_pareto_front_is_exactly_the_non_dominated_rows(doc):
     points = [(r["id"], r["latency"]["p50_ms"], r["accuracy"]["top1"]) for r in doc["results"] if r["status"] == "ok"]
     for ident, lat, acc in points:
@@ -95,6 +100,7 @@ def test_pareto_front_is_exactly_the_non_dominated_rows(doc):
     assert any(r["pareto"] for r in doc["results"])
 
 
+@pytest.mark.slow
 def test_recommendations_follow_the_budgets(doc):
     ok = [r for r in doc["results"] if r["status"] == "ok"]
     default = {r["target"]: r for r in doc["recommendations"]}
@@ -112,6 +118,7 @@ def test_recommendations_follow_the_budgets(doc):
     assert summary.recommend(ok, ["cpu"], 100.0, cpu[0]["latency"]["p50_ms"])[0]["choice"] == cpu[0]["id"]
 
 
+@pytest.mark.slow
 def test_csv_and_markdown_hold_every_row(doc, report_dir):
     with open(report_dir / "report.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -126,6 +133,7 @@ def test_csv_and_markdown_hold_every_row(doc, report_dir):
     assert "Tags: M measured here" in md
 
 
+@pytest.mark.slow
 def test_the_estimator_is_checked_against_the_host_measurements(doc):
     est = doc["estimator"]
     assert "max(2*MACs/peak_ops, bytes/bandwidth)" in est["formula"]
@@ -140,6 +148,7 @@ def test_the_estimator_is_checked_against_the_host_measurements(doc):
     assert s["max_abs_error_pct"] >= s["median_abs_error_pct"]
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_table_and_a_progress_line_per_step(report_dir):
     out = (report_dir.parent / "stdout.txt").read_text()
     err = (report_dir.parent / "stderr.txt").read_text()
@@ -148,6 +157,7 @@ def test_the_cli_prints_the_table_and_a_progress_line_per_step(report_dir):
     assert "edgekit: [1/10] cpu-fp32: ok" in err
 
 
+@pytest.mark.slow
 def test_a_latency_budget_changes_the_recommendation_on_a_resumed_run(tmp_path, report_dir, tiny_onnx, small_val):
     import shutil
 

@@ -100,6 +100,7 @@ def predicted_logits(bundle: Path) -> np.ndarray:
 
 
 # -- 1. the manifest's paths: listed, checksummed, regular files inside the bundle
+@pytest.mark.slow
 def test_untampered_bundles_load_and_inspect(cpu_bundle, ov_bundle, trt_bundle):
     for bundle in (cpu_bundle, ov_bundle, trt_bundle):
         res = run_cli("inspect", str(bundle))
@@ -109,6 +110,7 @@ def test_untampered_bundles_load_and_inspect(cpu_bundle, ov_bundle, trt_bundle):
             assert loaded.selftest_result.passed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["dotfile", "dotfolder", "parent", "absolute", "dotted-relative"])
 def test_hidden_model_that_no_checksum_covers_is_refused(cpu_bundle, evil_onnx, tmp_path, where):
     bundle = copy(cpu_bundle, tmp_path)
@@ -143,12 +145,14 @@ def _session_logits(onnx: Path, bundle: Path) -> np.ndarray:
     return ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
 
+@pytest.mark.slow
 def test_model_file_naming_a_listed_file_in_another_folder_spelling_is_refused(cpu_bundle, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     rewrite(bundle, lambda m: m["backend"].update(model_file="./model.onnx"))
     assert_refused(bundle, "backend.model_file")
 
 
+@pytest.mark.slow
 def test_unlisted_dotfiles_and_dotfolders_are_not_exempt(cpu_bundle, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     (bundle / ".hidden").write_bytes(b"x")
@@ -159,6 +163,7 @@ def test_unlisted_dotfiles_and_dotfolders_are_not_exempt(cpu_bundle, tmp_path):
     assert_refused(bundle, "unexpected file '.git/config'")
 
 
+@pytest.mark.slow
 def test_selftest_file_must_be_listed(cpu_bundle, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     shutil.copy(bundle / "selftest.npz", bundle / ".st.npz")
@@ -166,6 +171,7 @@ def test_selftest_file_must_be_listed(cpu_bundle, tmp_path):
     assert_refused(bundle, "selftest.file")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "bad", ["../model.onnx", "/etc/passwd", "a\\b.onnx", "C:model.onnx", "a//b", "./model.onnx", ""]
 )
@@ -175,6 +181,7 @@ def test_unsafe_names_in_the_file_list_are_refused(cpu_bundle, tmp_path, bad):
     assert_refused(bundle, "files")
 
 
+@pytest.mark.slow
 def test_symlinked_file_is_refused_even_with_the_right_checksum(cpu_bundle, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     outside = tmp_path / "outside.onnx"
@@ -184,6 +191,7 @@ def test_symlinked_file_is_refused_even_with_the_right_checksum(cpu_bundle, tmp_
     assert_refused(bundle, "symbolic link", "model.onnx")
 
 
+@pytest.mark.slow
 def test_symlinked_folder_is_refused(cpu_bundle, evil_onnx, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     outside = tmp_path / "elsewhere"
@@ -193,6 +201,7 @@ def test_symlinked_folder_is_refused(cpu_bundle, evil_onnx, tmp_path):
     assert_refused(bundle, "symbolic link", "extra")
 
 
+@pytest.mark.slow
 def test_bundle_folder_that_is_a_symlink_is_refused(cpu_bundle, tmp_path):
     real = copy(cpu_bundle, tmp_path, "real")
     link = tmp_path / "link.edgekit"
@@ -200,12 +209,14 @@ def test_bundle_folder_that_is_a_symlink_is_refused(cpu_bundle, tmp_path):
     assert_refused(link, "symbolic link")
 
 
+@pytest.mark.slow
 def test_special_file_in_the_bundle_is_refused(cpu_bundle, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     os.mkfifo(bundle / "pipe")
     assert_refused(bundle, "'pipe'", "not a regular file")
 
 
+@pytest.mark.slow
 def test_manifest_that_is_a_symlink_is_refused(cpu_bundle, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     shutil.move(bundle / MANIFEST, tmp_path / "m.json")
@@ -213,6 +224,7 @@ def test_manifest_that_is_a_symlink_is_refused(cpu_bundle, tmp_path):
     assert_refused(bundle, "symbolic link", MANIFEST)
 
 
+@pytest.mark.slow
 def test_openvino_weights_beside_the_ir_must_be_listed(ov_bundle, tmp_path):
     bundle = copy(ov_bundle, tmp_path)
     (bundle / "model.bin").unlink()
@@ -220,6 +232,7 @@ def test_openvino_weights_beside_the_ir_must_be_listed(ov_bundle, tmp_path):
     assert_refused(bundle, "model.bin")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "field, change",
     [
@@ -264,6 +277,7 @@ def test_external_data_listed_in_the_bundle_loads(cpu_bundle, tmp_path):
         assert loaded.selftest_result.passed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["parent", "absolute", "unlisted"])
 def test_external_data_outside_the_bundle_is_refused_at_verification(cpu_bundle, evil_onnx, tmp_path, where):
     bundle = copy(cpu_bundle, tmp_path)
@@ -335,6 +349,7 @@ WRONG_TYPES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field, change, words", WRONG_TYPES, ids=[f"{c[0]}-{i}" for i, c in enumerate(WRONG_TYPES)])
 def test_wrong_typed_manifest_field_is_one_line_naming_it(cpu_bundle, tmp_path, field, change, words):
     bundle = copy(cpu_bundle, tmp_path)
@@ -343,12 +358,14 @@ def test_wrong_typed_manifest_field_is_one_line_naming_it(cpu_bundle, tmp_path, 
     assert "tampered" in err
 
 
+@pytest.mark.slow
 def test_wrong_typed_build_plan_is_one_line(trt_bundle, tmp_path):
     bundle = copy(trt_bundle, tmp_path)
     rewrite(bundle, lambda m: m["backend"]["build_plan"].update(min_shape="1x3x32x32"))
     assert_refused(bundle, "'backend.build_plan.min_shape'")
 
 
+@pytest.mark.slow
 def test_nan_tolerance_is_refused(cpu_bundle, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     text = (bundle / MANIFEST).read_text().replace('"tolerance": 0.01', '"tolerance": NaN')
@@ -356,6 +373,7 @@ def test_nan_tolerance_is_refused(cpu_bundle, tmp_path):
     assert_refused(bundle, "'selftest.tolerance'")
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_wrong_typed_manifest_at_start_up(cpu_bundle, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     rewrite(bundle, lambda m: m["input"].update(shape=[-1, "3", 32, 32]))
@@ -365,6 +383,7 @@ def test_serve_refuses_a_wrong_typed_manifest_at_start_up(cpu_bundle, tmp_path):
     assert "'input.shape" in res.stderr
 
 
+@pytest.mark.slow
 def test_selftest_data_that_does_not_match_the_input_is_refused(cpu_bundle, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     np.savez(bundle / "selftest.npz", inputs=np.zeros((4, 3, 8, 8), np.float32), expected=np.zeros((4, 10), np.float32))
@@ -373,6 +392,7 @@ def test_selftest_data_that_does_not_match_the_input_is_refused(cpu_bundle, tmp_
     assert res.returncode == 1 and "Traceback" not in res.stderr and "selftest" in res.stderr, res.stderr
 
 
+@pytest.mark.slow
 def test_model_file_naming_a_listed_non_model_is_one_line(cpu_bundle, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     rewrite(bundle, lambda m: m["backend"].update(model_file="selftest.npz"))
@@ -415,6 +435,7 @@ def _private_tmp(tmp_path: Path, monkeypatch) -> Path:
     return tmp
 
 
+@pytest.mark.slow
 def test_zip_bomb_is_refused_before_extracting(zip_bomb, tmp_path, monkeypatch):
     assert zip_bomb.stat().st_size < 3 << 20
     tmp = _private_tmp(tmp_path, monkeypatch)
@@ -439,6 +460,7 @@ def _lie_about_size(archive: Path, member: str, declared: int) -> None:
     archive.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_member_larger_than_it_declares_is_refused(cpu_bundle, tmp_path, monkeypatch):
     tmp = _private_tmp(tmp_path, monkeypatch)
     packed = _pack(cpu_bundle, tmp_path / "p.edgekit", compression=zipfile.ZIP_DEFLATED)
@@ -447,16 +469,19 @@ def test_member_larger_than_it_declares_is_refused(cpu_bundle, tmp_path, monkeyp
     assert list(tmp.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_duplicate_member_names_are_refused(cpu_bundle, evil_onnx, tmp_path):
     packed = _pack(cpu_bundle, tmp_path / "p.edgekit", [("model.onnx", evil_onnx.read_bytes())])
     assert_refused(packed, "model.onnx", "more than once")
 
 
+@pytest.mark.slow
 def test_file_and_folder_of_the_same_name_are_refused(cpu_bundle, tmp_path):
     packed = _pack(cpu_bundle, tmp_path / "p.edgekit", [("model.onnx/x", b"x")])
     assert_refused(packed, "model.onnx")
 
 
+@pytest.mark.slow
 def test_too_many_members_are_refused(cpu_bundle, tmp_path, monkeypatch):
     tmp = _private_tmp(tmp_path, monkeypatch)
     packed = _pack(cpu_bundle, tmp_path / "p.edgekit", [(f"x/{i}", b"") for i in range(5000)])
@@ -464,12 +489,14 @@ def test_too_many_members_are_refused(cpu_bundle, tmp_path, monkeypatch):
     assert list(tmp.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["a\\..\\..\\x", "C:/x", "a//b", "./manifest.json", "/abs"])
 def test_unsafe_member_names_are_refused(cpu_bundle, tmp_path, name):
     packed = _pack(cpu_bundle, tmp_path / "p.edgekit", [(name, b"x")])
     assert_refused(packed)
 
 
+@pytest.mark.slow
 def test_packed_bundle_with_a_hidden_member_is_refused(cpu_bundle, evil_onnx, tmp_path):
     src = copy(cpu_bundle, tmp_path, "src")
     rewrite(src, lambda m: m["backend"].update(model_file=".m.onnx"))
@@ -494,6 +521,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_compile_refuses_a_folder_with_a_foreign_manifest(tiny_onnx, tmp_path):
     app = tmp_path / "my-app"
     app.mkdir()
@@ -508,6 +536,7 @@ def test_compile_refuses_a_folder_with_a_foreign_manifest(tiny_onnx, tmp_path):
     assert _snapshot(app) == before
 
 
+@pytest.mark.slow
 def test_compile_refuses_a_bundle_folder_holding_other_files(cpu_bundle, tiny_onnx, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     (bundle / "notes.txt").write_text("my notes")
@@ -518,6 +547,7 @@ def test_compile_refuses_a_bundle_folder_holding_other_files(cpu_bundle, tiny_on
     assert _snapshot(bundle) == before
 
 
+@pytest.mark.slow
 def test_compile_replaces_a_previous_bundle(cpu_bundle, tiny_onnx, tmp_path):
     bundle = copy(cpu_bundle, tmp_path)
     res = _compile_cli(tiny_onnx, bundle, "-p", "fp16")
@@ -525,6 +555,7 @@ def test_compile_replaces_a_previous_bundle(cpu_bundle, tiny_onnx, tmp_path):
     assert manifest_of(bundle)["precision"]["requested"] == "fp16"
 
 
+@pytest.mark.slow
 def test_pack_refuses_a_zip_that_is_not_a_bundle(tiny_onnx, tmp_path):
     other = tmp_path / "photos.zip"
     with zipfile.ZipFile(other, "w") as zf:
@@ -537,6 +568,7 @@ def test_pack_refuses_a_zip_that_is_not_a_bundle(tiny_onnx, tmp_path):
     assert other.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_pack_replaces_a_previous_packed_bundle(cpu_bundle, tiny_onnx, tmp_path):
     packed = _pack(cpu_bundle, tmp_path / "p.edgekit")
     res = _compile_cli(tiny_onnx, packed, "--pack", "-p", "fp16")

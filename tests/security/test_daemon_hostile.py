@@ -78,6 +78,7 @@ def good_images(folder: Path, count: int = 3) -> list[Path]:
 
 
 # -- point 5: health that tells the truth
+@pytest.mark.slow
 def test_huge_resolution_is_a_clear_error(serve_bundle, video_file):  # noqa: F811
     """The issue's --resolution 200000x200000 (a 120 GB frame): refused at start, not a dead capture thread."""
     for flag in ("200000x200000", "8193x100"):
@@ -91,6 +92,7 @@ def test_huge_resolution_is_a_clear_error(serve_bundle, video_file):  # noqa: F8
     assert "8192" in help_text
 
 
+@pytest.mark.slow
 def test_readyz_reports_a_dead_capture_thread(tmp_path, start_daemon, serve_bundle):  # noqa: F811
     """A file in the folder that made the old capture thread raise (OpenCV refuses to decode a header that
     declares over 1 gigapixel) ended that thread, and /readyz went on answering ready with no frames. Now
@@ -201,6 +203,7 @@ def test_jsonl_fifo_nobody_reads_keeps_memory_bounded(tmp_path, start_daemon, se
     assert code == 0 and "Traceback" not in daemon.log, daemon.log
 
 
+@pytest.mark.slow
 def test_jsonl_refuses_a_path_that_is_not_a_file_or_fifo(tmp_path, serve_bundle, video_file):  # noqa: F811
     folder = tmp_path / "out"
     folder.mkdir()
@@ -233,6 +236,7 @@ def test_png_bomb_in_image_folder_is_skipped(tmp_path, start_daemon, serve_bundl
     assert "20000x20000" in daemon.log
 
 
+@pytest.mark.slow
 def test_non_utf8_file_name_in_image_folder(tmp_path, start_daemon, serve_bundle):  # noqa: F811
     """A file name that is not UTF-8 (a Latin-1 camera upload): OpenCV's imread crashed the whole daemon
     (SIGSEGV) on it. Now the file is read by the daemon and decoded from memory."""

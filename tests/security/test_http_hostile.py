@@ -186,6 +186,7 @@ def test_idle_sockets_do_not_starve_healthz(spawn, serve_bundle, video_file):  #
             s.close()
 
 
+@pytest.mark.slow
 def test_slow_headers_are_cut_off(spawn, serve_bundle, video_file):  # noqa: F811
     """A client that never finishes its request headers is disconnected after --header-timeout."""
     d = spawn([str(serve_bundle), "--source", str(video_file), "--loop", "--realtime", "--header-timeout", "1"])
@@ -226,6 +227,7 @@ def _answer_or_close(s: socket.socket, wait: float) -> bytes | None:
     return data
 
 
+@pytest.mark.slow
 def test_slow_body_is_cut_off(spawn, serve_bundle, video_file):  # noqa: F811
     """Old: a client that sent its headers and then a few body bytes a second held its request, and the
     connection, forever (only headers and idle keep-alive connections had a timeout)."""
@@ -251,6 +253,7 @@ def test_slow_body_is_cut_off(spawn, serve_bundle, video_file):  # noqa: F811
     assert d.get_json("/healthz") == {"status": "ok"} and "Traceback" not in d.log
 
 
+@pytest.mark.slow
 def test_slow_bodies_at_the_connection_cap_do_not_starve_healthz(spawn, serve_bundle, video_file):  # noqa: F811
     """Old: connections whose request bodies trickled in counted as busy, so at --max-connections every new
     connection (/healthz too) got 503 until the slow bodies ended; now the slowest body is cut off (408)."""
@@ -273,6 +276,7 @@ def test_slow_bodies_at_the_connection_cap_do_not_starve_healthz(spawn, serve_bu
             s.close()
 
 
+@pytest.mark.slow
 def test_repeated_errors_are_rate_limited_in_the_log(daemon):
     """Old: every invalid request logged a warning line (a flood fills the disk)."""
     before = len(daemon.lines)
@@ -287,6 +291,7 @@ def test_repeated_errors_are_rate_limited_in_the_log(daemon):
     assert daemon.get_json("/healthz") == {"status": "ok"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("host", ["evil.example", f"evil.example:{8080}", "127.0.0.1.nip.io", "localhost.evil"])
 def test_foreign_host_header_is_refused(daemon, host):
     """Old: any Host was accepted on loopback without a token (DNS rebinding)."""
@@ -297,6 +302,7 @@ def test_foreign_host_header_is_refused(daemon, host):
         assert daemon.request("GET", "/v1/info", headers={"Host": good})[0] == 200, good
 
 
+@pytest.mark.slow
 def test_allow_host_adds_names(spawn, serve_bundle, video_file):  # noqa: F811
     d = spawn([str(serve_bundle), "--source", str(video_file), "--loop", "--realtime",
                "--allow-host", "camera.local,edge.example"])  # fmt: skip
@@ -305,6 +311,7 @@ def test_allow_host_adds_names(spawn, serve_bundle, video_file):  # noqa: F811
     assert d.request("GET", "/v1/info", headers={"Host": "other.example"})[0] == 421
 
 
+@pytest.mark.slow
 def test_cross_origin_post_is_refused(daemon):
     """Old: a web page's cross-site POST /v1/reload was carried out."""
     reloads = 'edgekit_bundle_reloads_total{result="ok"}'
@@ -320,6 +327,7 @@ def test_cross_origin_post_is_refused(daemon):
     assert daemon.request("POST", "/v1/reload", headers=same)[0] == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_short_token_is_refused(serve_bundle, video_file, how):  # noqa: F811
     """Old: any token was taken, even one character."""
@@ -341,6 +349,7 @@ def test_short_token_is_refused(serve_bundle, video_file, how):  # noqa: F811
     assert ("--token" if how == "flag" else "EDGEKIT_SERVE_TOKEN") in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "query",
     ["top_k=%C2%B2", "top_k=\xb2", "top_k=-1", "top_k=1e3", "top_k=99999", "top_k=0", "top_k=", "top_k=abc",
@@ -361,6 +370,7 @@ def test_bad_query_parameters_are_400(daemon, query):
     assert "Traceback" not in daemon.log
 
 
+@pytest.mark.slow
 def test_query_parameters_of_other_endpoints_are_checked(daemon):
     assert daemon.request("GET", "/v1/info?verbose=1")[0] == 400
     assert daemon.request("GET", "/v1/info?access_token=x")[0] == 200  # no token set: ignored
@@ -369,6 +379,7 @@ def test_query_parameters_of_other_endpoints_are_checked(daemon):
     assert status == 200 and len(json.loads(body)["top_k"]) == 7
 
 
+@pytest.mark.slow
 def test_truncated_jpeg_with_end_marker_is_400(daemon):
     """Old: libjpeg's 'premature end of data segment' was only a warning; the grey rows were classified (200)."""
     jpeg = cv2.imencode(".jpg", _photo())[1].tobytes()

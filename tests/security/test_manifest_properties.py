@@ -127,6 +127,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", CLI_CASES, ids=range(len(CLI_CASES)))
 def test_inspect_never_prints_a_traceback(real_bundle, tmp_path, text):
     folder = tmp_path / "b"
@@ -137,6 +138,7 @@ def test_inspect_never_prints_a_traceback(real_bundle, tmp_path, text):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(4))
 def test_inspect_of_mutated_manifests_never_prints_a_traceback(real_bundle, real_manifest, tmp_path, seed):
     import random

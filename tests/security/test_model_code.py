@@ -77,6 +77,7 @@ def _rewrite(src: Path, dst: Path, change) -> Path:
 # --- .pt2: what torch.export.load really executes ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pt2_sample_inputs_payload_is_refused_and_never_runs(tmp_path):
     """Every torch.export.save writes data/sample_inputs/model.pt (a torch.save pickle); torch.export.load
     unpickles it with weights_only=True and, when that fails, again with weights_only=False."""
@@ -94,6 +95,7 @@ def test_pt2_sample_inputs_payload_is_refused_and_never_runs(tmp_path):
     assert res.returncode != 0 and "edgekit: error:" in res.stderr  # the compile then fails
 
 
+@pytest.mark.slow
 def test_pt2_pickled_weight_is_refused(tmp_path):
     """A weight marked use_pickle is read with torch.load(weights_only=False)."""
     marker = tmp_path / "marker"
@@ -134,6 +136,7 @@ def test_pt2_opaque_constant_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_pt2_shape_expression_is_evaluated_by_sympy_so_it_is_checked(tmp_path):
     """Without any pickle: torch.export.load passes each symbolic-shape expr_str to sympy.sympify, which
     evals it. A crafted expression is refused; with the flag the loader is reached and it runs."""
@@ -205,6 +208,7 @@ def test_pt2_layout_tricks_are_refused(tmp_path, case):
         load_model(evil)
 
 
+@pytest.mark.slow
 def test_honest_pt2_with_example_inputs_needs_the_flag(tmp_path):
     """torch.export.save always pickles the example inputs: such a .pt2 is refused, with the way out."""
     path = _save(_program(dynamic=True), tmp_path / "model.pt2")
@@ -216,6 +220,7 @@ def test_honest_pt2_with_example_inputs_needs_the_flag(tmp_path):
     assert (tmp_path / "out" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_honest_pickle_free_pt2_compiles_without_the_flag(tmp_path):
     path = _save(_program(example_inputs=False, dynamic=True), tmp_path / "model.pt2")
     with zipfile.ZipFile(path) as zf:
@@ -236,6 +241,7 @@ def test_python_api_refuses_without_trust_model_code(tmp_path, sample_calib):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_report_refuses_a_pt2_with_pickles(tmp_path, sample_calib):
     path = _save(_program(), tmp_path / "model.pt2")
     res = run_cli("report", str(path), "--val", str(sample_calib), "--targets", "cpu", "--precisions", "fp32",
@@ -275,6 +281,7 @@ def _evil_torchscript(path: Path, marker: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_torchscript_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "marker"
     evil = _evil_torchscript(tmp_path / "evil.ts", marker)
@@ -285,6 +292,7 @@ def test_torchscript_code_is_refused_and_never_runs(tmp_path):
     assert marker.read_bytes() == b"AAAAA"
 
 
+@pytest.mark.slow
 def test_honest_torchscript_needs_the_flag(tmp_path):
     path = tmp_path / "model.ts"
     torch.jit.save(torch.jit.script(tiny_module()), str(path))
@@ -308,6 +316,7 @@ def test_torchscript_python_pickle_in_data_pkl_is_not_run_by_jit_load(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_pickled_checkpoint_stays_refused_with_the_flag(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "model.pth"
@@ -320,6 +329,7 @@ def test_pickled_checkpoint_stays_refused_with_the_flag(tmp_path):
 # --- ONNX -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
 def test_onnx_external_data_outside_the_model_folder_is_refused(tiny_onnx, tmp_path, where):
     folder = tmp_path / "model"
@@ -342,6 +352,7 @@ def test_onnx_external_data_outside_the_model_folder_is_refused(tiny_onnx, tmp_p
     assert location in line or where == "symlink"
 
 
+@pytest.mark.slow
 def test_onnx_custom_domain_is_one_line(tiny_onnx, tmp_path):
     model = onnx.load(str(tiny_onnx))
     model.graph.node[0].domain = "com.evil"

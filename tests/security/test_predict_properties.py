@@ -81,6 +81,7 @@ def _check(daemon, status: int, headers: dict[str, str], body: bytes) -> None:
         assert answer["label"] and answer["top_k"], answer
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(body=bodies, ctype=st.sampled_from(CONTENT_TYPES), query=queries, extra=extra_headers)
 @example(body=JPEG, ctype="image/jpeg", query="top_k=%C2%B2", extra={})  # old: int("²") raised, 500
@@ -99,6 +100,7 @@ def test_predict_never_answers_500(daemon, body, ctype, query, extra):
     assert daemon.request("GET", "/healthz", timeout=10)[0] == 200
 
 
+@pytest.mark.slow
 def test_the_daemon_logged_no_traceback(daemon):
     assert daemon.request("GET", "/healthz")[0] == 200
     assert "Traceback" not in daemon.log, daemon.log[-3000:]

@@ -8,6 +8,7 @@ import subprocess
 
 import cv2
 import numpy as np
+import pytest
 from serve_support import LABELS, require_tool, serve_bundle, start_daemon, video_file, wait_until  # noqa: F401
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -25,6 +26,7 @@ def _magenta_fraction(image: np.ndarray) -> float:
     return float(np.all(np.abs(image.astype(int) - (255, 0, 255)) < 50, axis=2).mean())
 
 
+@pytest.mark.slow
 def test_dashboard_shows_the_stream_and_the_result(tmp_path, start_daemon, serve_bundle, video_file):  # noqa: F811
     chromium = require_tool("chromium", "chromium")
     tesseract = require_tool("tesseract", "tesseract-ocr")

@@ -35,6 +35,7 @@ def daemon(serve_bundle, video_file, tmp_path_factory):  # noqa: F811
         d.kill()
 
 
+@pytest.mark.slow
 def test_health_ready_info_latest(daemon):
     assert daemon.get_json("/healthz") == {"status": "ok"}
     ready = daemon.get_json("/readyz")
@@ -50,6 +51,7 @@ def test_health_ready_info_latest(daemon):
     assert [t["score"] for t in latest["top_k"]] == sorted((t["score"] for t in latest["top_k"]), reverse=True)
 
 
+@pytest.mark.slow
 def test_metrics_are_prometheus_text(daemon):
     status, headers, body = daemon.request("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -82,6 +84,7 @@ def _read_sse(daemon, events: int) -> list[dict]:
     return found
 
 
+@pytest.mark.slow
 def test_events_stream_results_in_order(daemon):
     events = _read_sse(daemon, 4)
     seqs = [e["seq"] for e in events]
@@ -109,6 +112,7 @@ def _read_mjpeg_parts(daemon, parts: int) -> list[np.ndarray]:
     return images
 
 
+@pytest.mark.slow
 def test_mjpeg_stream_shows_annotated_frames(daemon):
     images = _read_mjpeg_parts(daemon, 3)
     for image in images:
@@ -118,6 +122,7 @@ def test_mjpeg_stream_shows_annotated_frames(daemon):
         assert (image[:20, :100].max(axis=2) < 30).any()  # the black label box, top left
 
 
+@pytest.mark.slow
 def test_the_stream_is_itself_an_http_mjpeg_source(daemon):
     """Reading http://.../v1/stream.mjpg through the daemon's own source code (OpenCV's FFmpeg)."""
     reader = open_reader(parse_source(f"http://127.0.0.1:{daemon.port}/v1/stream.mjpg"), timeout=10)
@@ -128,6 +133,7 @@ def test_the_stream_is_itself_an_http_mjpeg_source(daemon):
     assert all(f is not None and f.shape == (480, 640, 3) for f in frames)
 
 
+@pytest.mark.slow
 def test_predict_jpeg_and_png(daemon):
     status, _, body = daemon.request("POST", "/v1/predict?top_k=5", CAT.read_bytes(), {"Content-Type": "image/jpeg"})
     assert status == 200, body
@@ -160,6 +166,7 @@ FAULTS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(FAULTS))
 def test_predict_rejects_bad_bodies_and_keeps_serving(daemon, case):
     body, ctype, expected, words = FAULTS[case]
@@ -172,6 +179,7 @@ def test_predict_rejects_bad_bodies_and_keeps_serving(daemon, case):
     assert daemon.metric(f'edgekit_predict_requests_total{{status="{expected}"}}') >= 1
 
 
+@pytest.mark.slow
 def test_predict_rejects_a_chunked_body_over_the_limit(daemon):
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
     chunks = (b"\xff\xd8\xff" + b"\0" * (1 << 20) for _ in range(50))  # 50 MB, no Content-Length
@@ -180,6 +188,7 @@ def test_predict_rejects_a_chunked_body_over_the_limit(daemon):
     assert response.status == 413 and "exceeds" in json.loads(response.read())["error"]
 
 
+@pytest.mark.slow
 def test_predict_answers_413_before_the_body_with_expect_continue(daemon):
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
         s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
@@ -188,6 +197,7 @@ def test_predict_answers_413_before_the_body_with_expect_continue(daemon):
     assert head.startswith("HTTP/1.1 413"), head
 
 
+@pytest.mark.slow
 def test_eight_concurrent_clients_200_requests_each(daemon, capsys):
     image, latencies, failures = CAT.read_bytes(), [], []
     lock = threading.Lock()
@@ -221,6 +231,7 @@ def test_eight_concurrent_clients_200_requests_each(daemon, capsys):
     assert daemon.get_json("/healthz") == {"status": "ok"}
 
 
+@pytest.mark.slow
 def test_jsonl_sink_rotates_by_size(daemon):
     path = daemon.jsonl
     wait_until(lambda: path.with_name(path.name + ".2").exists(), timeout=30, what="two rotations")

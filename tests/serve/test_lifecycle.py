@@ -37,6 +37,7 @@ class StreamReader(threading.Thread):
             pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_during_streaming(sig, broker, start_daemon, serve_bundle, video_file, tmp_path):  # noqa: F811
     jsonl = tmp_path / "results.jsonl"
@@ -61,6 +62,7 @@ def test_stop_signal_during_streaming(sig, broker, start_daemon, serve_bundle, v
         watcher.close()
 
 
+@pytest.mark.slow
 def test_reload_swaps_the_bundle_and_refuses_a_corrupt_one(
     tmp_path,
     start_daemon,  # noqa: F811
@@ -96,6 +98,7 @@ def test_reload_swaps_the_bundle_and_refuses_a_corrupt_one(
     wait_until(lambda: daemon.metric("edgekit_frames_inferred_total") > inferred + 5, timeout=10, what="inference")
 
 
+@pytest.mark.slow
 def test_token_guards_every_endpoint_but_healthz(start_daemon, serve_bundle, video_file):  # noqa: F811
     daemon = start_daemon([str(serve_bundle), "--source", str(video_file), "--loop", "--realtime", "--host", "0.0.0.0"],
                           env={"EDGEKIT_SERVE_TOKEN": "tok-123-0123456789"})  # fmt: skip
@@ -115,12 +118,14 @@ def test_token_guards_every_endpoint_but_healthz(start_daemon, serve_bundle, vid
     assert status == 200 and json.loads(body)["reloaded"] is True
 
 
+@pytest.mark.slow
 def test_binding_beyond_loopback_needs_a_token(serve_bundle, video_file):  # noqa: F811
     result = run_cli("serve", str(serve_bundle), "--source", str(video_file), "--host", "0.0.0.0",
                      env={"EDGEKIT_SERVE_TOKEN": ""})  # fmt: skip
     assert result.returncode == 2 and "--token" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_start_up_errors_are_one_line(tmp_path, serve_bundle, video_file):  # noqa: F811
     missing = run_cli("serve", str(tmp_path / "nope.edgekit"), "--source", str(video_file))
     assert missing.returncode == 2 and "nope.edgekit" in missing.stderr and "Traceback" not in missing.stderr

@@ -18,6 +18,7 @@ def _serve_args(bundle, video, *extra: str) -> list[str]:
     return [str(bundle), "--source", str(video), "--loop", "--realtime", "--device-id", "cam1", *extra]
 
 
+@pytest.mark.slow
 def test_results_status_and_qos(broker, start_daemon, serve_bundle, video_file):  # noqa: F811
     watcher = Watcher(broker, "factory/#")
     try:
@@ -41,6 +42,7 @@ def test_results_status_and_qos(broker, start_daemon, serve_bundle, video_file):
         watcher.close()
 
 
+@pytest.mark.slow
 def test_last_will_when_the_daemon_dies_and_qos_0(broker, start_daemon, serve_bundle, video_file):  # noqa: F811
     watcher = Watcher(broker, "factory/#")
     try:
@@ -53,6 +55,7 @@ def test_last_will_when_the_daemon_dies_and_qos_0(broker, start_daemon, serve_bu
         watcher.close()
 
 
+@pytest.mark.slow
 def test_broker_killed_and_restarted(broker, start_daemon, serve_bundle, video_file):  # noqa: F811
     watcher = Watcher(broker, "factory/cam1/result")
     try:
@@ -79,6 +82,7 @@ def test_broker_killed_and_restarted(broker, start_daemon, serve_bundle, video_f
         watcher.close()
 
 
+@pytest.mark.slow
 def test_wrong_password_is_logged_and_survived(broker, start_daemon, serve_bundle, video_file):  # noqa: F811
     url = broker.url().replace("s3cret", "wrong")
     daemon = start_daemon(_serve_args(serve_bundle, video_file, "--mqtt", url))
@@ -88,6 +92,7 @@ def test_wrong_password_is_logged_and_survived(broker, start_daemon, serve_bundl
     assert "s3cret" not in daemon.log and "wrong" not in daemon.log  # no password in logs
 
 
+@pytest.mark.slow
 def test_password_from_the_environment(broker, start_daemon, serve_bundle, video_file):  # noqa: F811
     watcher = Watcher(broker, "factory/cam1/result")
     try:
@@ -113,6 +118,7 @@ def _make_tls(folder) -> dict:
     return {"ca": ca, "cert": cert, "key": key}
 
 
+@pytest.mark.slow
 def test_mqtts_with_a_ca_file(tmp_path, start_daemon, serve_bundle, video_file):  # noqa: F811
     tls = _make_tls(tmp_path)
     tls_broker = Broker(tmp_path, tls=tls).start()
@@ -126,6 +132,7 @@ def test_mqtts_with_a_ca_file(tmp_path, start_daemon, serve_bundle, video_file):
         tls_broker.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("url", ["http://broker", "mqtt://", "mqtt://host:99999/x"])
 def test_bad_broker_urls_are_usage_errors(url, serve_bundle, video_file):  # noqa: F811
     result = run_cli("serve", str(serve_bundle), "--source", str(video_file), "--mqtt", url)

@@ -117,6 +117,7 @@ def test_files_are_read_at_the_models_pace(frames_dir):
     assert metrics.frames_dropped.value() == 0
 
 
+@pytest.mark.slow
 def test_daemon_without_a_camera_reports_not_ready(start_daemon, serve_bundle):  # noqa: F811
     """There is no /dev/video* here: the V4L2 path is exercised only up to its error handling."""
     daemon = start_daemon([str(serve_bundle), "--source", "/dev/video7", "--reconnect-delay", "0.1",
@@ -128,6 +129,7 @@ def test_daemon_without_a_camera_reports_not_ready(start_daemon, serve_bundle): 
     assert daemon.get_json("/v1/latest", expect=404)["error"].startswith("no result yet")
 
 
+@pytest.mark.slow
 def test_file_cut_short_while_read(tmp_path, start_daemon, serve_bundle):  # noqa: F811
     video = write_video(tmp_path / "long.avi", frames=240)  # 8 s at --realtime
     daemon = start_daemon([str(serve_bundle), "--source", str(video), "--realtime", "--reconnect-delay", "0.2"])
@@ -141,6 +143,7 @@ def test_file_cut_short_while_read(tmp_path, start_daemon, serve_bundle):  # noq
     assert daemon.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_rtsp_server_killed_and_restarted(rtsp_server, start_daemon, serve_bundle):  # noqa: F811
     daemon = start_daemon([str(serve_bundle), "--source", rtsp_server.url, "--fps", "5", "--source-timeout", "2",
                            "--reconnect-delay", "0.2", "--reconnect-max-delay", "1"])  # fmt: skip

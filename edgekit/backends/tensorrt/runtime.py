@@ -52,19 +52,19 @@ def load_stack(target: str = "") -> tuple[Any, Any]:
 
         if not hasattr(trt, "Builder"):  # e.g. a folder named tensorrt on sys.path, not NVIDIA's package
             raise ImportError("not NVIDIA's TensorRT")
-    except (ImportError, OSError):
+    except (ImportError, OSError) as exc:
         raise DependencyError(
             f"{what} runs only on an NVIDIA GPU with TensorRT, and TensorRT is not installed here: load it on "
             "the device (JetPack provides TensorRT; add NVIDIA's cuda-python with: pip install cuda-python), "
             "or look at it with 'edgekit inspect'"
-        ) from None
+        ) from exc
     try:
         cudart = _import_cudart()
-    except (ImportError, OSError):
+    except (ImportError, OSError) as exc:
         raise DependencyError(
             f"{what} needs NVIDIA's cuda-python next to TensorRT for device memory; install the release "
             "that matches JetPack's CUDA, e.g.: pip install 'cuda-python>=12,<13'"
-        ) from None
+        ) from exc
     version = tuple(int(p) for p in str(trt.__version__).split(".")[:2])
     if version < MIN_TENSORRT:
         raise DependencyError(
