@@ -14,8 +14,8 @@ import numpy as np
 
 from edgekit.backends.base import compiler_for
 from edgekit.imagesets import ImageSet, iter_batches
+from edgekit.measure.latency import measure
 from edgekit.quantize import budget as bud
-from edgekit.report.latency import measure
 
 # What "higher precision" means per backend: FP16 where the target runs it fast, else FP32.
 HIGHER_PRECISION = {"tensorrt": "fp16", "openvino": "fp32 (f32 inference hint)", "onnxruntime": "fp32"}

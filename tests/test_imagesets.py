@@ -126,7 +126,7 @@ def test_streamed_accuracy_equals_the_in_memory_path_on_the_committed_sample():
     import onnxruntime as ort
 
     from edgekit.frontends import load_model
-    from edgekit.report import evaluate as ev
+    from edgekit.measure import evaluate as ev
     from edgekit.spec import load_spec_file
 
     overrides = load_spec_file(RESNET / "model.toml")

@@ -80,7 +80,7 @@ def _lines(r: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekit.report.bench import BenchOptions, bench_bundle
+    from edgekit.measure.bench import BenchOptions, bench_bundle
 
     options = BenchOptions(
         seconds=args.seconds, runs=args.runs, warmup=args.warmup, batch_sizes=args.batch_sizes,

@@ -218,7 +218,7 @@ def host_hardware(seconds: float = 0.4) -> Hardware:
     instructions (x86 VNNI, ARM dotprod), else 2x. fp16 runs at the fp32 rate unless the CPU has native fp16
     arithmetic (then 2x). Bandwidth: copying a 64 MiB array (bytes read + written per second).
     """
-    from edgekit.report.machine import cpu_flags, describe_machine
+    from edgekit.measure.machine import cpu_flags, describe_machine
 
     flags = cpu_flags()
     try:

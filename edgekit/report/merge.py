@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import DataError, UsageError
-from edgekit.report.bench import SCHEMA, SCHEMA_VERSION
+from edgekit.measure.bench import SCHEMA, SCHEMA_VERSION
 
 REQUIRED = {
     "bundle": ("hash", "model_sha256", "target", "precision"),

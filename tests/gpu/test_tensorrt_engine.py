@@ -121,7 +121,7 @@ def test_top1_agrees_with_onnx_runtime_fp32(bundle, tmp_path, monkeypatch, recor
 
 def test_latency_is_measured_per_precision(bundle, tmp_path, monkeypatch, record_property):
     """Recorded and printed, not asserted: speed claims live in bench/ (see docs/tensorrt.md)."""
-    from edgekit.report.latency import measure
+    from edgekit.measure.latency import measure
     from edgekit.runtime import load_bundle
 
     monkeypatch.setenv("EDGEKIT_ENGINE_CACHE", str(tmp_path))

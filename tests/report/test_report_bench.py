@@ -75,7 +75,7 @@ def test_a_static_shape_bundle_is_measured_at_its_own_batch_only(tmp_path, tiny_
 def test_bench_needs_no_torch_onnx_or_nncf(fp32_bundle):
     code = (
         "import sys\n"
-        "from edgekit.report.bench import BenchOptions, bench_bundle\n"
+        "from edgekit.measure.bench import BenchOptions, bench_bundle\n"
         f"r = bench_bundle({str(fp32_bundle)!r}, options=BenchOptions(runs=10, batch_sizes=(1,)))\n"
         "assert r['latency']['runs'] == 10\n"
         "heavy = sorted(m for m in ('torch', 'onnx', 'nncf', 'openvino') if m in sys.modules)\n"

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import UsageError
-from edgekit.report.latency import measure
-from edgekit.report.machine import describe_machine, describe_software
+from edgekit.measure.latency import measure
+from edgekit.measure.machine import describe_machine, describe_software
 
 SCHEMA = "edgekit.bench"
 SCHEMA_VERSION = 1
@@ -224,7 +224,7 @@ def _check_val(bundle: Any, val: Path) -> None:
 def _accuracy(bundle: Any, val: Path, log: Log) -> dict[str, Any]:
     """Top-1/top-5/per-class accuracy of the bundle on a class-folder tree, on this device."""
     from edgekit.imagesets import load_labelled
-    from edgekit.report import evaluate as ev
+    from edgekit.measure import evaluate as ev
     from edgekit.spec import ModelSpec
 
     spec = ModelSpec(input=bundle.input, preprocess=bundle.preprocess_spec, labels=tuple(bundle.labels))
