@@ -2,6 +2,8 @@
 
     import edgekit
     edgekit.compile_model("model.onnx", target="cpu", precision="int8", calib="calib/", output="m.edgekit")
+    # or, the same as one typed value:
+    edgekit.compile(edgekit.CompileRequest(model="model.onnx", target="cpu", output="m.edgekit"))
     bundle = edgekit.load_bundle("m.edgekit")
     print(bundle.predict("cat.jpg").top)
 
@@ -17,6 +19,8 @@ from edgekit._version import __version__
 
 _LAZY = {
     "compile_model": "edgekit.pipeline",
+    "compile": "edgekit.pipeline:compile_request",
+    "CompileRequest": "edgekit.request",
     "CompiledBundle": "edgekit.pipeline",
     "load_bundle": "edgekit.runtime.session",
     "Bundle": "edgekit.runtime.session",
@@ -30,14 +34,16 @@ _LAZY = {
     "EdgekitError": "edgekit.errors",
 }
 
-__all__ = ["__version__", *sorted(_LAZY)]
+# ``edgekit.compile`` stays out of ``import *``, which would shadow the built-in ``compile``.
+__all__ = ["__version__", *sorted(n for n in _LAZY if n != "compile")]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        module, _, attr = _LAZY[name].partition(":")
+        return getattr(import_module(module), attr or name)
     raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return sorted({*__all__, *_LAZY})

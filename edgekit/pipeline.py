@@ -19,15 +19,15 @@ from edgekit.bundle import SCHEMA_VERSION, BundleWriter
 from edgekit.errors import UsageError
 from edgekit.frontends import LoadedModel, load_model
 from edgekit.imagesets import ImageSet, class_folders, load_calibration, load_labelled, load_unlabelled
+from edgekit.measure import evaluate as ev
+from edgekit.measure.latency import measure
 from edgekit.quantize.budget import Budget
-from edgekit.report import evaluate as ev
-from edgekit.report.latency import measure
+from edgekit.request import INT8_DROP_WARNING, CompileRequest
 from edgekit.runtime import selftest
 from edgekit.targets import Target, get_target
 
 SELFTEST_INPUTS = 4
 SELFTEST_TOLERANCE = {"fp32": 0.01, "fp16": 0.05, "int8": 0.15}
-INT8_DROP_WARNING = 1.0  # points of top-1: a larger simulated INT8 drop compiles with a warning
 Log = Callable[[str], None]
 
 
@@ -119,7 +119,7 @@ def _eval_device(target: Target, log: Log) -> tuple[str | None, bool, str]:
     """Where to run the bundle here: (device override, runs on the target itself, description).
 
     Each backend's compiler module answers through ``measure_here(target, host, log)``."""
-    from edgekit.report.machine import cpu_model, usable_cores
+    from edgekit.measure.machine import cpu_model, usable_cores
 
     host = f"{platform.machine()} host ({cpu_model()}, {usable_cores()} cores)"
     measure_here = getattr(compiler_for(target.backend), "measure_here", None)
@@ -286,27 +286,16 @@ def compile_model(
     *,
     target: str | Path | Target,
     output: str | Path,
-    precision: str | None = None,
-    calib: str | Path | None = None,
-    val: str | Path | None = None,
-    calib_size: int = 300,
-    calibration_method: str | None = None,
-    calibration_percentile: float = 99.999,
-    max_accuracy_drop: str | float | None = None,
-    min_agreement: str | float | None = None,
-    budget_confidence: float | str = 0.95,
-    spec: str | Path | dict | None = None,
-    name: str | None = None,
-    input_shape: Sequence[int] | None = None,
-    layout: str | None = None,
-    labels: str | Path | Sequence[str] | None = None,
-    preprocess: dict[str, Any] | None = None,
-    pack: bool = False,
     log: Log | None = None,
-    int8_drop_warning: float = INT8_DROP_WARNING,
-    trust_model_code: bool = False,
+    **options: Any,
 ) -> CompiledBundle:
     """Compile ``model`` (an ONNX/TorchScript/.pt2 path or an nn.Module) for ``target`` into a bundle.
+
+    The convenient front door: the keywords are ``CompileRequest``'s fields (``precision``, ``calib``,
+    ``val``, ``calib_size``, ``calibration_method``, ``calibration_percentile``, ``max_accuracy_drop``,
+    ``min_agreement``, ``budget_confidence``, ``spec``, ``name``, ``input_shape``, ``layout``, ``labels``,
+    ``preprocess``, ``pack``, ``int8_drop_warning``, ``trust_model_code``), with its defaults; see
+    ``edgekit.request.CompileRequest``. Same as ``compile_request(CompileRequest(model=..., ...), log=log)``.
 
     INT8 is calibrated on ``calib`` (a folder searched recursively; a deterministic sample of
     ``calib_size`` images). ``val`` (one sub-folder a class) measures accuracy against FP32 and gives the
@@ -322,30 +311,40 @@ def compile_model(
     A TorchScript file, or a .pt2 whose loader would run code stored in it (pickled data, say), is refused
     unless ``trust_model_code`` is true: only for files from someone you trust.
     """
-    log = log or (lambda _msg: None)
-    target = target if isinstance(target, Target) else get_target(target)
-    precision = target.check_precision(precision or target.default_precision)
-    calibration_method = calibration_method or target.calibration_method
-    if not 50.0 < calibration_percentile <= 100.0:
-        raise UsageError(f"--calib-percentile must be above 50 and at most 100, not {calibration_percentile:g}")
-    budget = _budget(max_accuracy_drop, min_agreement, precision, val, budget_confidence)
-    if precision == "int8" and calib is None:
+    import dataclasses
+
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(CompileRequest)})
+    if unknown:
+        raise TypeError(f"compile_model() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+    return compile_request(CompileRequest(model=model, target=target, output=output, **options), log=log)
+
+
+def compile_request(request: CompileRequest, *, log: Log | None = None) -> CompiledBundle:
+    """Compile one ``CompileRequest`` into a verified bundle; ``log`` receives one line per step."""
+    return _build(_prepare(request, log or (lambda _msg: None)))
+
+
+def _prepare(request: CompileRequest, log: Log) -> _Prepared:
+    """Resolve the target, load and check the model and the images: what the build needs beyond the request."""
+    target = request.target if isinstance(request.target, Target) else get_target(request.target)
+    precision = target.check_precision(request.precision or target.default_precision)
+    budget = _budget(request, precision)
+    if precision == "int8" and request.calib is None:
         raise UsageError("int8 needs calibration images: pass --calib FOLDER (images like those the model will see)")
-    if calib_size < 1:
-        raise UsageError(f"--calib-size must be at least 1, not {calib_size}")
     from edgekit.bundle.writer import check_output_path
 
-    check_output_path(Path(output), pack=pack)
-    val_path = Path(val) if val is not None else None
+    check_output_path(request.output, pack=request.pack)
+    model, spec = request.model, request.spec
     if spec is None and (beside := specs.spec_beside(model)) is not None:
         log(specs.spec_beside_note(beside))
         spec = beside
     overrides = _overrides(
-        spec, name=name, input_shape=input_shape, layout=layout, labels=labels, preprocess=preprocess
-    )
+        spec, name=request.name, input_shape=request.input_shape, layout=request.layout, labels=request.labels,
+        preprocess=request.preprocess,
+    )  # fmt: skip
     log(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
-    loaded = load_model(model, input_shape=overrides["input"].get("shape"), trust_model_code=trust_model_code)
-    model_spec = _resolve_spec(loaded, overrides, val_path, target)
+    loaded = load_model(model, input_shape=overrides["input"].get("shape"), trust_model_code=request.trust_model_code)
+    model_spec = _resolve_spec(loaded, overrides, request.val, target)
     reference, num_classes = reference_session(loaded, model_spec)
     if model_spec.labels and len(model_spec.labels) != num_classes:
         raise UsageError(
@@ -353,31 +352,24 @@ def compile_model(
             "classes; fix the labels file or the spec"
         )
     calibration = None
-    if calib is not None:  # INT8 calibrates on them; every precision takes its self-test inputs from them
-        log(f"reading up to {calib_size} calibration images from {calib}")
-        calibration = load_calibration(calib, model_spec, size=calib_size)
-    job = _Job(
-        loaded=loaded, spec=model_spec, target=target, precision=precision, reference=reference,
-        num_classes=num_classes, calibration=calibration, val_set=_validation(val_path, model_spec, budget),
-        val_root=val_path, calibration_method=calibration_method, calibration_percentile=calibration_percentile,
-        output=Path(output), pack=pack, log=log,
-        int8_drop_warning=int8_drop_warning, budget=budget,
+    if request.calib is not None:  # INT8 calibrates on them; every precision takes its self-test inputs from them
+        log(f"reading up to {request.calib_size} calibration images from {request.calib}")
+        calibration = load_calibration(request.calib, model_spec, size=request.calib_size)
+    return _Prepared(
+        request=request, log=log, loaded=loaded, spec=model_spec, target=target, precision=precision,
+        calibration_method=request.calibration_method or target.calibration_method, budget=budget,
+        reference=reference, num_classes=num_classes, calibration=calibration,
+        val_set=_validation(request.val, model_spec, budget),
     )  # fmt: skip
-    return _build(job)
 
 
-def _budget(max_drop, min_agreement, precision: str, val, confidence: float | str = 0.95) -> Budget | None:
-    if max_drop is None and min_agreement is None:
+def _budget(request: CompileRequest, precision: str) -> Budget | None:
+    """The request's accuracy budget, checked against what it needs: validation images and an int8 compile."""
+    budget = request.budget()
+    if budget is None:
         return None
-    if max_drop is not None and min_agreement is not None:
-        raise UsageError("give one budget: --max-accuracy-drop or --min-agreement, not both")
-    flag = "--max-accuracy-drop" if max_drop is not None else "--min-agreement"
-    budget = (
-        Budget.max_accuracy_drop(max_drop, confidence)
-        if max_drop is not None
-        else Budget.min_agreement(min_agreement, confidence)
-    )
-    if val is None:
+    flag = "--max-accuracy-drop" if request.max_accuracy_drop is not None else "--min-agreement"
+    if request.val is None:
         raise UsageError(f"{flag} needs validation images to measure it on: pass --val FOLDER")
     if precision != "int8":
         raise UsageError(f"{flag} applies to int8 compiles (it returns INT8 layers to higher precision)")
@@ -396,25 +388,22 @@ def _validation(val_path: Path | None, spec: specs.ModelSpec, budget: Budget | N
 
 
 @dataclass
-class _Job:
-    """Everything one compile needs once its inputs are loaded and checked."""
+class _Prepared:
+    """A request with what compiling it found out before the build: the resolved target, precision and
+    calibration method, the loaded model, its spec and FP32 reference, and the images."""
 
+    request: CompileRequest
+    log: Log
     loaded: LoadedModel
     spec: specs.ModelSpec
     target: Target
     precision: str
+    calibration_method: str
+    budget: Budget | None
     reference: Any
     num_classes: int
     calibration: ImageSet | None
     val_set: ImageSet | None
-    val_root: Path | None
-    calibration_method: str
-    calibration_percentile: float
-    output: Path
-    pack: bool
-    log: Log
-    int8_drop_warning: float = INT8_DROP_WARNING
-    budget: Budget | None = None
 
     def compile_into(
         self, staging: Path, excluded: tuple[str, ...] = (), precision: str | None = None
@@ -424,7 +413,7 @@ class _Job:
         result = compiler_for(self.target.backend).compile(
             self.loaded.onnx, spec=self.spec, target=self.target, precision=precision, staging=staging,
             calibration=self.calibration, calibration_method=self.calibration_method,
-            calibration_percentile=self.calibration_percentile,
+            calibration_percentile=self.request.calibration_percentile,
             keep_in_higher_precision=excluded,
         )  # fmt: skip
         return _base_manifest(self.loaded, self.spec, self.target, precision, result, self.num_classes)
@@ -433,7 +422,9 @@ class _Job:
         return self.reference.run(None, {self.spec.input.name: x})[0]
 
 
-def _apply_budget(job: _Job, device, on_target: bool, measured_with: str) -> tuple[tuple[str, ...], dict, list[str]]:
+def _apply_budget(
+    job: _Prepared, device, on_target: bool, measured_with: str
+) -> tuple[tuple[str, ...], dict, list[str]]:
     """Run the accuracy-budget search on trial bundles; return the layers to keep in higher precision."""
     images, overlap = job.val_set.without(set(job.calibration.hashes))
     runtime_cls, _ = _eval_runtime(job.target, on_target)
@@ -444,7 +435,7 @@ def _apply_budget(job: _Job, device, on_target: bool, measured_with: str) -> tup
 
     trials = budgeting.Trials(trial, on_target, job.spec.input.shape)
     try:
-        search_part, check_part = budgeting.parts(images, job.val_root, job.reference_infer)
+        search_part, check_part = budgeting.parts(images, job.request.val, job.reference_infer)
         layers = budgeting.layers_for(job.loaded.onnx, job.spec, job.target)
         job.log(f"accuracy budget: {job.budget.describe()}; {len(layers)} quantized layers, "
                 f"{len(search_part)} search and {len(check_part)} check images")  # fmt: skip
@@ -458,14 +449,14 @@ def _apply_budget(job: _Job, device, on_target: bool, measured_with: str) -> tup
     return excluded, record, warnings
 
 
-def _build(job: _Job) -> CompiledBundle:
+def _build(job: _Prepared) -> CompiledBundle:
     warnings: list[str] = []
     device, on_target, measured_with = _eval_device(job.target, job.log)
     excluded, budget_record = (), None
     if job.budget is not None:
         excluded, budget_record, budget_warnings = _apply_budget(job, device, on_target, measured_with)
         warnings += budget_warnings
-    with BundleWriter(job.output, pack=job.pack) as writer:
+    with BundleWriter(job.request.output, pack=job.request.pack) as writer:
         job.log(f"compiling for {job.target.name} ({job.target.backend} {job.target.device}, {job.precision})")
         manifest = job.compile_into(writer.staging, excluded)
         warnings += _record_calibration(manifest, job.calibration)
@@ -500,7 +491,7 @@ def _record_calibration(manifest: dict[str, Any], calibration: ImageSet | None) 
     return []
 
 
-def _measure(job: _Job, runtime, manifest, staging: Path, measured_with: str, on_target: bool, simulated: bool):
+def _measure(job: _Prepared, runtime, manifest, staging: Path, measured_with: str, on_target: bool, simulated: bool):
     """Accuracy on the validation images, the self-test inputs and the latency, into the manifest."""
     warnings: list[str] = []
     spec, val_set = job.spec, job.val_set
@@ -513,7 +504,7 @@ def _measure(job: _Job, runtime, manifest, staging: Path, measured_with: str, on
         if simulated:
             manifest["accuracy"]["simulated"] = True
             if val_set.labels is not None:
-                warnings += _drop_warning(manifest["accuracy"], job.precision, job.int8_drop_warning)
+                warnings += _drop_warning(manifest["accuracy"], job.precision, job.request.int8_drop_warning)
     if job.calibration is not None:
         pool, source = job.calibration, "calibration images"
     elif val_set is not None:
@@ -530,4 +521,4 @@ def _synthetic(model_spec: specs.ModelSpec) -> np.ndarray:
     return rng.standard_normal((16, *model_spec.input.shape[1:])).astype(np.float32)
 
 
-__all__ = ["CompiledBundle", "compile_model"]
+__all__ = ["INT8_DROP_WARNING", "CompileRequest", "CompiledBundle", "compile_model", "compile_request"]

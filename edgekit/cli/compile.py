@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgekit import request as rq
 from edgekit.cli import _args
 from edgekit.spec import COLOR_ORDERS, LAYOUTS, RESIZE_MODES
 from edgekit.targets import CALIBRATION_METHODS, PRECISIONS
@@ -33,13 +34,14 @@ def add_parser(sub) -> None:
     p.add_argument("--pack", action="store_true", help="write the bundle as one file (a stored zip)")
     g = p.add_argument_group("data")
     g.add_argument("--calib", metavar="FOLDER", help="calibration images (searched recursively); needed for int8")
-    g.add_argument("--calib-size", type=_args.positive_int, default=300, metavar="N",
-                   help="calibration images to sample deterministically (default 300)")  # fmt: skip
+    g.add_argument("--calib-size", type=_args.positive_int, default=rq.CALIB_SIZE, metavar="N",
+                   help=f"calibration images to sample deterministically (default {rq.CALIB_SIZE})")  # fmt: skip
     g.add_argument("--calib-method", type=_args.choice(*CALIBRATION_METHODS), choices=CALIBRATION_METHODS,
                    help="activation range estimation (default: the target's, see 'edgekit targets'); mean-minmax is "
                    "OpenVINO only, entropy is not offered on OpenVINO")  # fmt: skip
-    g.add_argument("--calib-percentile", type=float, default=99.999, metavar="P",
-                   help="with --calib-method percentile: the percentile of |activation| kept (default 99.999)")  # fmt: skip
+    g.add_argument("--calib-percentile", type=float, default=rq.CALIBRATION_PERCENTILE, metavar="P",
+                   help="with --calib-method percentile: the percentile of |activation| kept "
+                   f"(default {rq.CALIBRATION_PERCENTILE:g})")  # fmt: skip
     g.add_argument("--val", metavar="FOLDER", help="validation images, one sub-folder a class: accuracy vs FP32")
     b = p.add_argument_group(
         "accuracy budget (int8; needs --val; the most sensitive layers return to higher precision)"
@@ -56,10 +58,10 @@ def add_parser(sub) -> None:
     b.add_argument(
         "--budget-confidence",
         type=float,
-        default=0.95,
+        default=rq.BUDGET_CONFIDENCE,
         metavar="P",
         help="probability that images the search never saw confirm the budget: the search keeps that much "
-        "to spare (default 0.95)",
+        f"to spare (default {rq.BUDGET_CONFIDENCE:g})",
     )
     m = p.add_argument_group("model spec (override what the model and --spec say)")
     m.add_argument("--spec", metavar="TOML", help="model-spec file: name, labels, [input], [preprocess] (default: "
@@ -84,20 +86,24 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def request_from(args: argparse.Namespace) -> rq.CompileRequest:
+    """The ``CompileRequest`` that ``edgekit compile`` with these arguments makes (nothing is run)."""
+    preprocess = {key: getattr(args, key) for key in rq.PREPROCESS_KEYS}
+    return rq.CompileRequest(
+        model=args.model, target=args.target, output=args.output, precision=args.precision, calib=args.calib,
+        val=args.val, calib_size=args.calib_size, calibration_method=args.calib_method,
+        calibration_percentile=args.calib_percentile, max_accuracy_drop=args.max_accuracy_drop,
+        min_agreement=args.min_agreement, budget_confidence=args.budget_confidence, spec=args.spec,
+        name=args.name, input_shape=args.input_shape, layout=args.layout, labels=args.labels,
+        preprocess=preprocess, pack=args.pack, trust_model_code=args.trust_model_code,
+    )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
-    from edgekit.pipeline import compile_model
+    from edgekit.pipeline import compile_request
 
     log = None if args.quiet else (lambda msg: print(f"edgekit: {msg}", file=sys.stderr, flush=True))
-    result = compile_model(
-        args.model, target=args.target, precision=args.precision, output=args.output, calib=args.calib,
-        val=args.val, calib_size=args.calib_size, calibration_method=args.calib_method, calibration_percentile=args.calib_percentile,
-        max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement,
-        budget_confidence=args.budget_confidence, spec=args.spec,
-        name=args.name, input_shape=args.input_shape, layout=args.layout, labels=args.labels, pack=args.pack,
-        preprocess={"resize": args.resize, "resize_mode": args.resize_mode, "crop": args.crop,
-                    "color_order": args.color_order, "scale": args.scale, "mean": args.mean, "std": args.std},
-        log=log, trust_model_code=args.trust_model_code,
-    )  # fmt: skip
+    result = compile_request(request_from(args), log=log)
     for warning in result.warnings:
         print(f"edgekit: warning: {warning}", file=sys.stderr)
     if args.json:

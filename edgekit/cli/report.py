@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from edgekit import request as rq
 from edgekit.cli import _args
 
 EPILOG = """examples:
@@ -53,7 +54,8 @@ def add_parser(sub) -> None:
         "--val", type=Path, required=True, metavar="FOLDER", help="validation images, one sub-folder a class"
     )
     g.add_argument("--calib", type=Path, metavar="FOLDER", help="calibration images (needed for int8)")
-    g.add_argument("--calib-size", type=_args.positive_int, default=300, metavar="N", help="calibration sample (300)")
+    g.add_argument("--calib-size", type=_args.positive_int, default=rq.CALIB_SIZE, metavar="N",
+                   help=f"calibration sample (default {rq.CALIB_SIZE})")  # fmt: skip
     m = p.add_argument_group("model spec")
     m.add_argument("--spec", type=Path, metavar="TOML", help="model-spec file: name, labels, [input], [preprocess] "
                    "(default: <model stem>.toml, else model.toml, beside the model, if there is one)")  # fmt: skip
@@ -75,7 +77,7 @@ def add_parser(sub) -> None:
     )
     b.add_argument(
         "--budget-confidence", type=_number, metavar="P",
-        help="int8 '-budget' rows: probability the check images confirm the budget (default 0.95)",
+        help=f"int8 '-budget' rows: probability the check images confirm the budget (default {rq.BUDGET_CONFIDENCE:g})",
     )  # fmt: skip
     b.add_argument("--max-latency-ms", type=_number, metavar="MS", help="batch-1 p50 latency allowed")
     r = p.add_argument_group("runs")

@@ -22,6 +22,7 @@ from typing import Any
 from edgekit.bundle.manifest import MANIFEST, bundle_hash
 from edgekit.errors import EdgekitError
 from edgekit.report.estimate import GraphCost, estimate
+from edgekit.request import CompileRequest
 from edgekit.targets import Target
 
 Note = Callable[[str], None]
@@ -32,9 +33,7 @@ class Combination:
     target: Target
     precision: str
     method: str | None = None  # calibration method, int8 only
-    budget: tuple[
-        tuple[str, str], ...
-    ] = ()  # compile_model's budget keyword and value, e.g. (("min_agreement", "99"),)
+    budget: tuple[tuple[str, str], ...] = ()  # CompileRequest's budget field and value, e.g. (("min_agreement", "99"),)
 
     @property
     def id(self) -> str:
@@ -53,20 +52,6 @@ class Combination:
             "calibration_method": self.method,
             "compile_budget": {k: v for k, v in self.budget} or None,
         }
-
-
-@dataclass(frozen=True, kw_only=True)
-class CompileInputs:
-    """What every combination is compiled from (the same for all of them)."""
-
-    model: Path
-    spec: dict[str, Any]
-    calib: Path | None
-    calib_size: int
-    val: Path
-    bench_seconds: float
-    bench: bool = True
-    trust_model_code: bool = False
 
 
 def bundle_identity(bundle: Path) -> dict[str, Any]:
@@ -90,8 +75,17 @@ def _manifest_part(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: manifest.get(k) for k in keep}
 
 
-def _compile(combo: Combination, inputs: CompileInputs, bundle: Path, note: Note) -> tuple[dict, list, float]:
-    from edgekit.pipeline import compile_model
+def request_for(combo: Combination, base: CompileRequest, bundle: Path) -> CompileRequest:
+    """The request one combination compiles: the report's shared ``base`` with this combination's target,
+    precision, calibration method and budget, written to ``bundle``."""
+    return base.replace(
+        target=combo.target, precision=combo.precision, calibration_method=combo.method, output=bundle,
+        **dict(combo.budget),
+    )  # fmt: skip
+
+
+def _compile(request: CompileRequest, note: Note) -> tuple[dict, list, float]:
+    from edgekit.pipeline import compile_request
 
     timeline: list[list[Any]] = []
     marks = [time.perf_counter()]
@@ -105,11 +99,7 @@ def _compile(combo: Combination, inputs: CompileInputs, bundle: Path, note: Note
         note(msg)
 
     start = time.perf_counter()
-    result = compile_model(
-        inputs.model, target=combo.target, precision=combo.precision, output=bundle, calib=inputs.calib,
-        val=inputs.val, calib_size=inputs.calib_size, calibration_method=combo.method,
-        spec=inputs.spec, log=log, trust_model_code=inputs.trust_model_code, **dict(combo.budget),
-    )  # fmt: skip
+    result = compile_request(request, log=log)
     end = time.perf_counter()
     if timeline:
         timeline[-1][1] = round(end - marks[-1], 2)
@@ -117,14 +107,24 @@ def _compile(combo: Combination, inputs: CompileInputs, bundle: Path, note: Note
 
 
 def run_combination(
-    combo: Combination, inputs: CompileInputs, *, out: Path, key: str, cost: GraphCost, note: Note
+    combo: Combination,
+    base: CompileRequest,
+    *,
+    out: Path,
+    key: str,
+    cost: GraphCost,
+    note: Note,
+    bench_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Compile, measure (where the target runs here) and estimate one combination; never raises for a failure."""
+    """Compile, measure (where the target runs here) and estimate one combination; never raises for a failure.
+
+    ``base`` holds what every combination compiles from (``request_for`` derives this one's request);
+    ``bench_seconds`` runs ``edgekit bench`` that long on a bundle measured here (None: no bench)."""
     record: dict[str, Any] = {"id": combo.id, "key": key, **combo.describe(), "status": "failed", "error": None}
     record["estimate"] = estimate(cost, combo.target.hardware, combo.precision)
     bundle = out / "bundles" / f"{combo.id}.edgekit"
     try:
-        manifest, timeline, seconds = _compile(combo, inputs, bundle, note)
+        manifest, timeline, seconds = _compile(request_for(combo, base, bundle), note)
     except Exception as exc:  # a failing combination is reported, not fatal
         record["error"] = _one_line(exc)
         record["traceback"] = None if isinstance(exc, EdgekitError) else traceback.format_exc(limit=8)
@@ -138,10 +138,10 @@ def run_combination(
         bench=None,
         notes=[],
     )
-    if inputs.bench and (manifest.get("latency") or {}).get("measured"):
+    if bench_seconds is not None and (manifest.get("latency") or {}).get("measured"):
         note("benchmarking (edgekit bench)")
         try:
-            record["bench"] = run_bench(bundle, inputs.bench_seconds)
+            record["bench"] = run_bench(bundle, bench_seconds)
         except (EdgekitError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
             record["notes"].append(f"bench failed, the compile-time latency is used instead: {_one_line(exc)}")
     return _finish(record)

@@ -14,14 +14,14 @@ from typing import Any
 
 from edgekit import spec as specs
 from edgekit.errors import DataError, UsageError
-from edgekit.report import evaluate as ev
-from edgekit.report.combination import CompileInputs
+from edgekit.measure import evaluate as ev
 from edgekit.report.estimate import GraphCost, graph_cost
+from edgekit.request import CompileRequest
 
 
 @dataclass
 class Prepared:
-    inputs: CompileInputs
+    request: CompileRequest  # what every combination compiles from; each replaces target, precision, output...
     model: dict[str, Any]
     val: dict[str, Any]
     calib: dict[str, Any] | None
@@ -84,8 +84,11 @@ def _runtimes() -> dict[str, str]:
     return versions
 
 
-def prepare(model: str | Path, options: Any, *, log: Callable[[str], None]) -> Prepared:
-    """Load and check the model and data once; measure the FP32 reference on the validation set."""
+def prepare(model: str | Path, options: Any, *, log: Callable[[str], None], bundles: Path) -> Prepared:
+    """Load and check the model and data once; measure the FP32 reference on the validation set.
+
+    ``bundles`` is the folder the combinations' bundles go into (the shared request's output until a
+    combination names its own)."""
     from edgekit.frontends import load_model
     from edgekit.imagesets import load_calibration, load_labelled
 
@@ -114,12 +117,12 @@ def prepare(model: str | Path, options: Any, *, log: Callable[[str], None]) -> P
             "sha256": cal.sha256,
         }
     cost = graph_cost(loaded.onnx, spec.input.shape)
-    inputs = CompileInputs(
-        model=Path(model), spec=overrides, calib=options.calib, calib_size=options.calib_size, val=options.val,
-        bench_seconds=options.bench_seconds, bench=options.bench, trust_model_code=options.trust_model_code,
+    request = CompileRequest(
+        model=Path(model), target=options.targets[0], output=bundles, spec=overrides, calib=options.calib,
+        calib_size=options.calib_size, val=options.val, trust_model_code=options.trust_model_code,
     )  # fmt: skip
     return Prepared(
-        inputs=inputs,
+        request=request,
         model={
             "name": spec.name,
             "file": loaded.source_name,

@@ -20,14 +20,15 @@ from typing import Any
 from edgekit._version import __version__
 from edgekit.bundle.manifest import MANIFEST, bundle_hash
 from edgekit.errors import UsageError
+from edgekit.measure.machine import describe_machine, describe_software
 from edgekit.report import summary
 from edgekit.report.combination import Combination, run_combination, skipped
 from edgekit.report.estimate import FORMULA, GraphCost, best_of, host_hardware, validate
-from edgekit.report.machine import describe_machine, describe_software
 from edgekit.report.merge import attach, load_bench_file
 from edgekit.report.prepare import Prepared, prepare
 from edgekit.report.progress import Progress
 from edgekit.report.writers import atomic_write, write_outputs
+from edgekit.request import CALIB_SIZE
 from edgekit.targets import CALIBRATION_METHODS, PRECISIONS, Target, get_target
 
 METHODS = CALIBRATION_METHODS
@@ -41,7 +42,7 @@ class ReportOptions:
     targets: tuple[str, ...] = ("cpu", "intel-cpu")
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     calib: Path | None = None
-    calib_size: int = 300
+    calib_size: int = CALIB_SIZE
     calib_methods: tuple[str, ...] = ("default",)  # "default": each target's own calibration_method
     spec: Path | None = None
     labels: Path | None = None
@@ -130,7 +131,7 @@ def _key(prep: Prepared, combo: Combination) -> str:
     data = {
         "model": prep.model["sha256"], "target": combo.target.text, "precision": combo.precision,
         "method": combo.method, "budget": combo.budget, "calib": (prep.calib or {}).get("sha256"), "calib_size": prep.calib_size,
-        "val": prep.val["sha256"], "spec": prep.inputs.spec, "edgekit": __version__,
+        "val": prep.val["sha256"], "spec": prep.request.spec, "edgekit": __version__,
     }  # fmt: skip
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -190,7 +191,7 @@ def run_report(
     bench_docs = [(Path(p), load_bench_file(p)) for p in options.merge]
     _check_output(out)
     bar = Progress(len(combos), enabled=progress)
-    prep = prepare(model, options, log=bar.message)
+    prep = prepare(model, options, log=bar.message, bundles=out / "bundles")
     _make_output(out)
     records, keys = _records(out, prep, combos, options)
     if bench_docs:
@@ -207,7 +208,8 @@ def run_report(
                 continue
             reason = _unsupported(combo)
             record = skipped(combo, reason, keys[combo.id]) if reason else run_combination(
-                combo, prep.inputs, out=out, key=keys[combo.id], cost=prep.cost, note=bar.note
+                combo, prep.request, out=out, key=keys[combo.id], cost=prep.cost, note=bar.note,
+                bench_seconds=options.bench_seconds if options.bench else None,
             )  # fmt: skip
             _save(out, record)
             records[combo.id] = record
