@@ -77,12 +77,10 @@ class CompileRequest:
             "input_shape": _shape(self.input_shape),
             "labels": _labels(self.labels),
             "preprocess": _preprocess(self.preprocess),
-            "int8_drop_warning": _number(self.int8_drop_warning, "int8_drop_warning", "--int8-drop-warning"),
+            "int8_drop_warning": _number(self.int8_drop_warning, "int8_drop_warning", "a Python API keyword"),
         }
         for key, value in normal.items():
             object.__setattr__(self, key, value)
-        if self.int8_drop_warning < 0:
-            raise UsageError(f"int8_drop_warning must be 0 or more points, not {self.int8_drop_warning:g}")
         self.budget()  # a budget's syntax and range are checked here; what it needs (--val, int8) at compile time
 
     def budget(self):

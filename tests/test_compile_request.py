@@ -56,7 +56,7 @@ def test_cli_flags_reach_the_request() -> None:
         ("calibration_percentile", 50, ("calibration_percentile", "above 50")),
         ("budget_confidence", 1.5, ("budget_confidence", "out of range")),
         ("budget_confidence", "high", ("budget_confidence", "must be a number")),
-        ("int8_drop_warning", -1, ("int8_drop_warning", "0 or more")),
+        ("int8_drop_warning", "much", ("int8_drop_warning",)),
         ("preprocess", {"size": 3}, ("preprocess", "unknown keys", "resize")),
         ("max_accuracy_drop", "150%", ("--max-accuracy-drop", "out of range")),
         ("min_agreement", "101", ("--min-agreement", "out of range")),
