@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve.serve_support import compile_tiny, free_port, write_video
+from serve.serve_support import free_port, serve_bundle, serve_bundle_ov, write_video  # noqa: F401
 from support import CIFAR_SPEC, LABELS, SAMPLE, run_cli, tiny_module
 
 import edgekit
@@ -27,14 +27,15 @@ IMAGE = next(p for p in sorted((SAMPLE / "test" / "cat").iterdir()))
 
 
 # -- real bundles, built once
+# The daemon tests' bundles, shared (every test here tampers with a copy, never with these).
 @pytest.fixture(scope="session")
-def cpu_bundle(tiny_onnx, tmp_path_factory) -> Path:
-    return compile_tiny(tiny_onnx, tmp_path_factory.mktemp("hostile") / "cpu.edgekit")
+def cpu_bundle(serve_bundle) -> Path:  # noqa: F811
+    return serve_bundle
 
 
 @pytest.fixture(scope="session")
-def ov_bundle(tiny_onnx, tmp_path_factory) -> Path:
-    return compile_tiny(tiny_onnx, tmp_path_factory.mktemp("hostile") / "ov.edgekit", target="intel-cpu")
+def ov_bundle(serve_bundle_ov) -> Path:  # noqa: F811
+    return serve_bundle_ov
 
 
 @pytest.fixture(scope="session")

@@ -96,12 +96,16 @@ def test_arbitrary_json_manifest_is_only_ever_a_bundle_error(real_bundle, tmp_pa
         open_bundle(folder)
 
 
+def _copy(bundle: Path, folder: Path) -> Path:
+    for p in bundle.iterdir():
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
 @settings(max_examples=200, **SETTINGS)
 @given(data=st.data())
 def test_mutated_manifest_through_open_bundle(real_bundle, real_manifest, tmp_path_factory, data):
-    folder = tmp_path_factory.mktemp("mut")
-    for p in real_bundle.iterdir():
-        shutil.copy(p, folder / p.name)
+    folder = _copy(real_bundle, tmp_path_factory.mktemp("mut"))
     _write(folder, json.dumps(data.draw(mutated(real_manifest))))
     _only_bundle_errors(lambda: open_bundle(folder).close())
 
@@ -109,9 +113,7 @@ def test_mutated_manifest_through_open_bundle(real_bundle, real_manifest, tmp_pa
 @settings(max_examples=40, **SETTINGS)
 @given(data=st.data())
 def test_mutated_manifest_through_load_bundle(real_bundle, real_manifest, tmp_path_factory, data):
-    folder = tmp_path_factory.mktemp("load")
-    for p in real_bundle.iterdir():
-        shutil.copy(p, folder / p.name)
+    folder = _copy(real_bundle, tmp_path_factory.mktemp("load"))
     _write(folder, json.dumps(data.draw(mutated(real_manifest))))
     _only_bundle_errors(lambda: edgekit.load_bundle(folder).close())
 
