@@ -43,8 +43,9 @@ def jsonl_kind(path: Path) -> str:
 class JsonlSink(Publisher):
     """Appends each result as one line and flushes it, so a crash loses no delivered line.
 
-    A line is written whole with one ``write`` call; rotation renames files with ``os.replace`` (atomic), so a
-    reader sees either the old or the new file, never a half-renamed set.
+    A line is written whole with one ``write`` call; rotation renames files with ``os.replace`` (each rename is
+    atomic, so no file is ever seen half-written), oldest first; as with logrotate, a numbered name is absent for
+    the instant between two renames, so a reader of FILE.N retries on FileNotFoundError.
     """
 
     name = "jsonl"

@@ -234,11 +234,20 @@ def test_eight_concurrent_clients_200_requests_each(daemon, capsys):
 @pytest.mark.slow
 def test_jsonl_sink_rotates_by_size(daemon):
     path = daemon.jsonl
-    wait_until(lambda: path.with_name(path.name + ".2").exists(), timeout=30, what="two rotations")
+    rotated = [path.with_name(path.name + ".2"), path.with_name(path.name + ".1")]
+    wait_until(lambda: rotated[0].exists(), timeout=30, what="two rotations")
     assert not path.with_name(path.name + ".3").exists()  # --jsonl-keep 2
-    for file in (path.with_name(path.name + ".2"), path.with_name(path.name + ".1")):
-        lines = file.read_text().splitlines()
-        assert 0 < file.stat().st_size <= 4096
+
+    def read_rotated() -> list[tuple[int, list[str]]] | None:
+        # The daemon keeps rotating while the test reads: between two renames a numbered name is briefly absent
+        # (as with logrotate), so read both files in one pass and retry the pass if one was mid-rename.
+        try:
+            return [(file.stat().st_size, file.read_text().splitlines()) for file in rotated]
+        except FileNotFoundError:
+            return None
+
+    for size, lines in wait_until(read_rotated, timeout=10, what="a read of both rotated files"):
+        assert 0 < size <= 4096
         seqs = [json.loads(line)["seq"] for line in lines]
         assert seqs == sorted(seqs) and all(json.loads(line)["device"] == "cam-test" for line in lines)
 
