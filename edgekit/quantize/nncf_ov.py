@@ -1,4 +1,8 @@
-"""INT8 OpenVINO IR with NNCF's post-training quantization, OpenVINO's own recipe."""
+"""INT8 OpenVINO IR with NNCF's post-training quantization, OpenVINO's own recipe.
+
+The settings are a recipe, data in the project's calibration/recipes/ (``edgekit.calibration.NNCFRecipe``):
+``DEFAULT_RECIPE`` is ``nncf-ptq-performance-full-bias-correction``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.calibration import NNCFRecipe, nncf_recipe
 from edgekit.errors import UsageError, require
 from edgekit.imagesets import Images, iter_batches
 
@@ -21,6 +26,7 @@ RANGE_ESTIMATORS = {
     "percentile": "MEAN_QUANTILE (the mean of each image's quantiles, outlier probability 1 - P/100)",
     "mse": "HISTOGRAM (the range minimising the quantization error's L2 norm on a histogram)",
 }
+DEFAULT_RECIPE = nncf_recipe("nncf-ptq-performance-full-bias-correction")
 
 
 def _range_estimator(method: str, percentile: float) -> Any:
@@ -46,16 +52,22 @@ def quantize(
     *,
     static_batch: int | None = None,
     ignored_names: tuple[str, ...] = (),
-    method: str = "mean-minmax",
-    percentile: float = 99.999,
+    method: str | None = None,
+    percentile: float | None = None,
+    recipe: NNCFRecipe = DEFAULT_RECIPE,
 ) -> tuple[Any, dict[str, Any]]:
-    """Quantize an ``openvino.Model`` on preprocessed calibration tensors; return it and its provenance."""
+    """Quantize an ``openvino.Model`` on preprocessed calibration tensors; return it and its provenance.
+
+    ``method`` and ``percentile`` default to the recipe's.
+    """
     nncf = require("nncf", extra="compile", purpose="OpenVINO INT8 quantization")
     import logging
 
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
+    method = recipe.method if method is None else method
+    percentile = recipe.percentile if percentile is None else percentile
     # A dynamic-batch model takes the calibration images in equal batches (the largest divisor of the count up
     # to 32): statistics collection then takes a second instead of two or three, which counts in a budget
     # search's dozens of trial builds. A static-batch model takes its own batch.
@@ -73,18 +85,18 @@ def quantize(
             ov_model,
             nncf.Dataset(items),
             subset_size=len(items),
-            preset=nncf.QuantizationPreset.PERFORMANCE,
-            # NNCF's full BiasCorrection rather than its default FastBiasCorrection. Measured on the reference
-            # ResNet-20-style net (2,000 CIFAR-10 test images): the fast one cost 1.0 point of top-1 (96.2%
-            # agreement with FP32), the full one 0.05 (99.05%), for a few seconds more at compile time.
-            fast_bias_correction=False,
+            preset=getattr(nncf.QuantizationPreset, recipe.preset.upper()),
+            # The shipped recipe takes NNCF's full BiasCorrection rather than its default FastBiasCorrection
+            # (measured: see its file, calibration/recipes/nncf-ptq-performance-full-bias-correction.toml).
+            fast_bias_correction=recipe.fast_bias_correction,
             **kwargs,
         )
     return quantized, {
-        "recipe": "nncf-ptq-performance-full-bias-correction",
+        "recipe": recipe.name,
         "tool": f"nncf.quantize (nncf {nncf.__version__})",
         "format": "OpenVINO IR with FakeQuantize",
-        "activations": "int8 per-tensor symmetric (NNCF PERFORMANCE preset)",
+        "activations": f"int8 per-tensor {'symmetric' if recipe.preset == 'performance' else 'asymmetric'} "
+        f"(NNCF {recipe.preset.upper()} preset)",
         "weights": "int8 per-channel symmetric",
         "calibration_method": method,
         "calibration_batch": batch,

@@ -1,11 +1,12 @@
 """INT8 Q/DQ graphs with ONNX Runtime's own quantizer (``quantize_static``).
 
-edgekit chooses the settings, ONNX Runtime does the work. Two recipes:
+edgekit chooses the settings, ONNX Runtime does the work. The settings are recipes, data in the project's
+calibration/recipes/ (``edgekit.calibration.QDQRecipe``); two ship:
 
-- ``cpu``: unsigned (asymmetric) 8-bit activations, signed symmetric per-channel 8-bit weights. Measured
+- ``ort-qdq-u8s8-per-channel`` (``CPU_RECIPE``): unsigned (asymmetric) 8-bit activations, signed symmetric per-channel 8-bit weights. Measured
   here, this is the layout ONNX Runtime's MLAS kernels fuse best (see docs/design.md); its defaults
   (signed activations) leave residual Adds unfused and run slower than FP32.
-- ``symmetric``: signed symmetric activations and weights, zero points of 0, as TensorRT requires; biases
+- ``ort-qdq-s8s8-symmetric`` (``SYMMETRIC_RECIPE``, for TensorRT): signed symmetric activations and weights, zero points of 0, as TensorRT requires; biases
   stay float (TensorRT dequantizes INT8 only, not ONNX Runtime's int32 biases), and Q/DQ go on the inputs
   of Conv, Gemm, MatMul and Add only, not on their outputs (NVIDIA's placement: quantize the inputs of
   weighted layers and both inputs of a residual Add; let TensorRT fuse Conv+BN+ReLU(+Add) itself).
@@ -17,44 +18,22 @@ import contextlib
 import io
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit.calibration import QDQRecipe, qdq_recipe
 from edgekit.errors import UsageError, require
 from edgekit.imagesets import Images, iter_batches
 
 ENTROPY_BINS = 2048  # histogram bins for entropy calibration (TensorRT's entropy calibrator uses 2048 too)
-OPS_TO_QUANTIZE = ("Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
-                   "GlobalAveragePool", "Concat", "Flatten", "Reshape")  # fmt: skip
 
-
-@dataclass(frozen=True, kw_only=True)
-class QDQRecipe:
-    name: str
-    activations: str  # "uint8" or "int8"
-    symmetric_activations: bool
-    method: str = "minmax"
-    percentile: float = 99.999
-    per_channel: bool = True
-    op_types: tuple[str, ...] = OPS_TO_QUANTIZE
-    quantize_bias: bool = True  # ONNX Runtime's default: int32 biases behind a DequantizeLinear
-    dedicated_qdq_pair: bool = False  # ONNX Runtime's default: consumers of a tensor share one Q/DQ pair
-    outputs_unquantized: tuple[str, ...] = ()  # op types whose outputs get no Q/DQ (default: all are quantized)
-
-
-CPU_RECIPE = QDQRecipe(name="ort-qdq-u8s8-per-channel", activations="uint8", symmetric_activations=False)
-SYMMETRIC_RECIPE = QDQRecipe(
-    name="ort-qdq-s8s8-symmetric",
-    activations="int8",
-    symmetric_activations=True,
-    op_types=("Conv", "Gemm", "MatMul", "Add"),
-    quantize_bias=False,
-    dedicated_qdq_pair=True,
-    outputs_unquantized=("Conv", "Gemm", "MatMul", "Add"),
-)
+# The two recipes are data: calibration/recipes/<name>.toml, loaded by edgekit.calibration (a target file names
+# its own with calibration_recipe). The names below stay for the compilers and tests that use them.
+CPU_RECIPE = qdq_recipe("ort-qdq-u8s8-per-channel")
+SYMMETRIC_RECIPE = qdq_recipe("ort-qdq-s8s8-symmetric")
+OPS_TO_QUANTIZE = CPU_RECIPE.op_types  # the CPU recipe's op types: provenance lists a recipe's own when they differ
 
 
 class _Reader:

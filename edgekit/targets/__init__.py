@@ -1,6 +1,7 @@
 """Hardware targets: TOML files loaded into validated, frozen dataclasses.
 
-The shipped files live beside this module. A user's own target is a path to a TOML file of the same form.
+The shipped files are the project's top-level ``targets/`` folder (a wheel carries a copy: ``edgekit._paths``);
+a file added there is a named target. A user's own target is also a path to a TOML file of the same form.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import _toml as tomllib
+from edgekit import registry
+from edgekit._paths import shipped_folder
+from edgekit.calibration import CALIBRATION_METHODS, recipe, recipe_names
 from edgekit.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse", "mean-minmax")
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-_HERE = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +55,9 @@ class Target:
     static_shapes: bool = False
     # INT8 activation-range estimation when the user does not choose one (measured per backend: bench/).
     calibration_method: str = "minmax"
+    # The INT8 quantizer's settings: a recipe name (edgekit.calibration.recipe_names()); a file that names none
+    # gets its backend's (Backend.calibration_recipe).
+    calibration_recipe: str | None = None
     hardware: Hardware = field(default_factory=Hardware)
     backend_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     source: str = ""
@@ -105,8 +109,8 @@ def parse_target(text: str, *, source: str) -> Target:
             raise UsageError(f"{source}: missing required key '{key}'")
     hw = data.pop("hardware", {})
     _check_keys(hw, _fields(Hardware), "hardware.", source)
-    if data["backend"] not in BACKENDS:
-        raise UsageError(f"{source}: backend '{data['backend']}' is not one of: {', '.join(BACKENDS)}")
+    if not registry.is_registered(data["backend"]):
+        raise UsageError(f"{source}: backend '{data['backend']}' is not one of: {', '.join(registry.backend_ids())}")
     precisions = tuple(data.pop("precisions"))
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
@@ -114,6 +118,7 @@ def parse_target(text: str, *, source: str) -> Target:
     method = data.get("calibration_method", "minmax")
     if method not in CALIBRATION_METHODS:
         raise UsageError(f"{source}: calibration_method '{method}' is not one of: {', '.join(CALIBRATION_METHODS)}")
+    data["calibration_recipe"] = _check_recipe(data, source)
     default = data.pop("default_precision", precisions[0])
     if default not in precisions:
         raise UsageError(f"{source}: default_precision '{default}' is not in precisions {list(precisions)}")
@@ -131,10 +136,35 @@ def parse_target(text: str, *, source: str) -> Target:
         raise UsageError(f"{source}: {exc}") from exc
 
 
+def _check_recipe(data: dict[str, Any], source: str) -> str | None:
+    """The target's recipe name, checked: a shipped recipe, for the quantizer its backend's default recipe uses."""
+    # The backend's own recipe (Backend.calibration_recipe) is the default and fixes the quantizer; finding it
+    # imports the backend's class (light: its compiler and vendor packages load only when it compiles).
+    default = registry.backend(data["backend"]).calibration_recipe
+    name = data.get("calibration_recipe", default)
+    if name is None:
+        return None
+    names = recipe_names()
+    if not isinstance(name, str) or name not in names:
+        raise UsageError(f"{source}: calibration_recipe {name!r} is not one of: {', '.join(names)}")
+    if default is not None and recipe(name).tool != recipe(default).tool:
+        same = [n for n in names if recipe(n).tool == recipe(default).tool]
+        raise UsageError(
+            f"{source}: calibration_recipe '{name}' is a {recipe(name).tool} recipe, which backend "
+            f"'{data['backend']}' does not use; choose one of: {', '.join(same)}"
+        )
+    return name
+
+
+def targets_folder() -> Path:
+    """The folder of the shipped target files (the project's targets/; in a wheel, its copy)."""
+    return shipped_folder("targets")
+
+
 @cache
 def _shipped() -> dict[str, Target]:
     targets = {}
-    for path in sorted(_HERE.glob("*.toml")):
+    for path in sorted(targets_folder().glob("*.toml")):
         target = parse_target(path.read_text(encoding="utf-8"), source=path.name)
         targets[target.name] = target
     return targets
@@ -163,4 +193,13 @@ def get_target(name_or_path: str | Path) -> Target:
     raise UsageError(f"target '{key}' not found; known targets: {known} (or pass a path to a .toml file)")
 
 
-__all__ = ["PRECISIONS", "Hardware", "Target", "get_target", "list_targets", "parse_target"]
+__all__ = [
+    "CALIBRATION_METHODS",
+    "PRECISIONS",
+    "Hardware",
+    "Target",
+    "get_target",
+    "list_targets",
+    "parse_target",
+    "targets_folder",
+]
