@@ -15,11 +15,13 @@ import shutil
 import stat
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.bundle.manifest import MANIFEST, TAMPERED, bundle_hash, named_files, safe_name, sha256_file, validate
+from edgekit.bundle.manifest import MANIFEST, TAMPERED, bundle_hash, named_files, safe_name, sha256_file
+from edgekit.bundle.types import Manifest
 from edgekit.errors import BundleError, UsageError
 
 MAX_UNPACKED_BYTES = 8 << 30  # a packed bundle unpacks to at most this much in all
@@ -32,12 +34,17 @@ _CHUNK = 1 << 20
 
 @dataclass
 class OpenBundle:
-    """A verified bundle on disk. ``close()`` removes the extraction folder of a packed bundle."""
+    """A verified bundle on disk. ``close()`` removes the extraction folder of a packed bundle.
+
+    ``typed_manifest`` is the validated, typed manifest; ``manifest`` is its JSON object
+    (``typed_manifest.to_dict()``), which the runtime, the daemon and the CLI still read by key.
+    """
 
     path: Path
     root: Path
     manifest: dict[str, Any]
     hash: str
+    typed_manifest: Manifest
     _tmp: Path | None = field(default=None, repr=False)
 
     def close(self) -> None:
@@ -46,7 +53,8 @@ class OpenBundle:
             self._tmp = None
 
 
-def read_manifest(root: Path, *, source: str) -> tuple[dict[str, Any], str]:
+def read_manifest(root: Path, *, source: str) -> tuple[Manifest, str]:
+    """The bundle's validated, typed manifest and the bundle hash."""
     path = root / MANIFEST
     try:
         st = os.lstat(path)
@@ -73,7 +81,7 @@ def read_manifest(root: Path, *, source: str) -> tuple[dict[str, Any], str]:
         ) from exc
     except RecursionError as exc:
         raise BundleError(f"{source}: manifest.json is nested too deeply; {TAMPERED}") from exc
-    return validate(manifest, source=source), bundle_hash(text)
+    return Manifest.from_dict(manifest, source=source), bundle_hash(text)
 
 
 def _walk(root: Path, *, source: str) -> list[str]:
@@ -97,10 +105,10 @@ def _walk(root: Path, *, source: str) -> list[str]:
     return found
 
 
-def verify_files(root: Path, manifest: dict[str, Any], *, source: str) -> None:
+def verify_files(root: Path, manifest: Manifest, *, source: str) -> None:
     """Every named file is listed; every listed file exists with its size and sha256; nothing else is there."""
-    listed = manifest["files"]
-    for field_name, name in named_files(manifest):
+    listed = manifest.files
+    for field_name, name in named_files(manifest.to_dict()):
         if name not in listed:
             raise BundleError(
                 f"{source}: manifest field '{field_name}' names '{name}', which is not a listed, checksummed "
@@ -111,7 +119,7 @@ def verify_files(root: Path, manifest: dict[str, Any], *, source: str) -> None:
         path = root / name
         if name not in present:
             raise BundleError(f"{source}: file '{name}' is missing; the bundle is incomplete, copy or recompile it")
-        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
             raise BundleError(
                 f"{source}: checksum mismatch for '{name}'; the file was changed or damaged, recompile the bundle"
             )
@@ -122,15 +130,14 @@ def verify_files(root: Path, manifest: dict[str, Any], *, source: str) -> None:
             _check_external_data(root, name, listed, source=source)
 
 
-def _is_onnx(name: str, manifest: dict[str, Any]) -> bool:
+def _is_onnx(name: str, manifest: Manifest) -> bool:
     """ONNX files the runtimes or a device's TensorRT may parse: every *.onnx and the named model files."""
-    backend = manifest["backend"]
-    plan = backend.get("build_plan") or {}
-    model = backend["model_file"]
+    plan = manifest.backend.build_plan or {}
+    model = manifest.backend.model_file
     return name.endswith(".onnx") or name == plan.get("onnx") or (name == model and not model.endswith(".xml"))
 
 
-def _check_external_data(root: Path, name: str, listed: dict[str, Any], *, source: str) -> None:
+def _check_external_data(root: Path, name: str, listed: Mapping[str, object], *, source: str) -> None:
     try:
         locations = external_data_locations(root / name)
     except NotONNX as exc:
@@ -339,4 +346,4 @@ def open_bundle(path: str | Path) -> OpenBundle:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return OpenBundle(path=path, root=root, manifest=manifest, hash=digest, _tmp=tmp)
+    return OpenBundle(path=path, root=root, manifest=manifest.to_dict(), hash=digest, typed_manifest=manifest, _tmp=tmp)

@@ -15,8 +15,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgekit.bundle.manifest import MANIFEST, dumps, file_entry, validate
+from edgekit.bundle.manifest import MANIFEST, dumps, file_entry
 from edgekit.bundle.reader import MAX_MANIFEST_BYTES
+from edgekit.bundle.types import Manifest
 from edgekit.errors import BundleError, UsageError
 
 
@@ -57,9 +58,9 @@ def check_output_path(out: Path, *, pack: bool) -> None:
             raise UsageError(f"'{out}' exists and is not a packed bundle ({reason}); choose another -o or remove it")
 
 
-def _manifest_reason(text: bytes, source: str) -> tuple[str | None, dict[str, Any] | None]:
+def _manifest_reason(text: bytes, source: str) -> tuple[str | None, Manifest | None]:
     try:
-        manifest = validate(json.loads(text.decode("utf-8")), source=source)
+        manifest = Manifest.from_dict(json.loads(text.decode("utf-8")), source=source)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return "its manifest.json is not edgekit's", None
     except BundleError:
@@ -77,7 +78,7 @@ def _not_a_folder_bundle(out: Path) -> str | None:
     reason, manifest = _manifest_reason(path.read_bytes(), str(out))
     if reason:
         return reason
-    listed = set(manifest["files"]) | {MANIFEST}
+    listed = set(manifest.files) | {MANIFEST}
     for folder, dirs, files in os.walk(out, followlinks=False):
         for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]):
             rel = os.path.relpath(os.path.join(folder, name), out).replace(os.sep, "/")
@@ -100,7 +101,7 @@ def _not_a_packed_bundle(out: Path) -> str | None:
             reason, manifest = _manifest_reason(zf.read(info), str(out))
             if reason:
                 return reason
-            listed = set(manifest["files"]) | {MANIFEST}
+            listed = set(manifest.files) | {MANIFEST}
             for name in zf.namelist():
                 if not name.endswith("/") and name not in listed:
                     return f"it holds '{name}', which its manifest does not list"
@@ -125,15 +126,24 @@ class BundleWriter:
     def __exit__(self, *exc: object) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
 
-    def commit(self, manifest: dict[str, Any]) -> Path:
-        """Checksum every staged file into the manifest, write it, and move the bundle into place."""
-        manifest["files"] = {
+    def commit(self, manifest: dict[str, Any] | Manifest) -> Path:
+        """Checksum every staged file into the manifest, validate it, write it, and move the bundle into place.
+
+        A dict manifest gets its ``files`` filled in place. What is written is the typed manifest's JSON, so a
+        bundle that a reader would refuse is never put in place.
+        """
+        data = manifest.to_dict() if isinstance(manifest, Manifest) else manifest
+        data["files"] = {
             str(p.relative_to(self.staging)): file_entry(p)
             for p in sorted(self.staging.rglob("*"))
             if p.is_file() and p.name != MANIFEST
         }
+        try:
+            typed = Manifest.from_dict(data, source=str(self.out))
+        except BundleError as exc:
+            raise BundleError(f"edgekit compiled an invalid manifest, a bug in edgekit: {exc}") from exc
         tmp = self.staging / (MANIFEST + ".tmp")
-        tmp.write_text(dumps(manifest), encoding="utf-8")
+        tmp.write_text(dumps(typed.to_dict()), encoding="utf-8")
         _fsync(tmp)
         os.replace(tmp, self.staging / MANIFEST)
         if self.pack:
