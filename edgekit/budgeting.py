@@ -12,13 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import compiler_for
+from edgekit import registry
 from edgekit.imagesets import ImageSet, iter_batches
 from edgekit.measure.latency import measure
 from edgekit.quantize import budget as bud
-
-# What "higher precision" means per backend: FP16 where the target runs it fast, else FP32.
-HIGHER_PRECISION = {"tensorrt": "fp16", "openvino": "fp32 (f32 inference hint)", "onnxruntime": "fp32"}
+from edgekit.tasks import get_task
 
 
 @dataclass
@@ -61,7 +59,8 @@ class Trials:
         self._tmp.cleanup()
 
 
-def parts(images: ImageSet, root: Path, reference: Callable[[np.ndarray], np.ndarray]) -> tuple[bud.Part, bud.Part]:
+def parts(images: ImageSet, root: Path, reference: Callable[[np.ndarray], np.ndarray],
+          task: str = "classification") -> tuple[bud.Part, bud.Part]:  # fmt: skip
     """The search and check parts of the validation images, with the FP32 model's outputs on each."""
     search_idx, check_idx = bud.split(images.paths, root)
     if len(search_idx) < 10 or len(check_idx) < 10:
@@ -75,7 +74,7 @@ def parts(images: ImageSet, root: Path, reference: Callable[[np.ndarray], np.nda
     def part(idx: list[int]) -> bud.Part:
         sub = images.subset(idx)
         outputs = np.concatenate([reference(x) for x in sub.batches(64)])  # streamed: only outputs are held
-        return bud.Part(sub, sub.labels, outputs)
+        return bud.Part(sub, sub.labels, outputs, get_task(task))
 
     return part(search_idx), part(check_idx)
 
@@ -123,7 +122,7 @@ def run(
         "on_search": result.search.to_dict(),
         "on_check": check.to_dict(),
         "layers_kept_in_higher_precision": list(result.excluded),
-        "higher_precision": HIGHER_PRECISION.get(backend, "fp32"),
+        "higher_precision": registry.backend(backend).higher_precision,
         "quantized_layers": len(layers),
         "sensitivity_ranking": result.ranking,
         "curve": result.curve,
@@ -151,10 +150,5 @@ def _speed(trials: Trials, final) -> dict[str, float]:
 
 
 def layers_for(loaded_onnx: Any, spec: Any, target: Any) -> list[str]:
-    compiler = compiler_for(target.backend)
-    finder = getattr(compiler, "quantizable_layers", None)
-    if finder is None:
-        from edgekit.quantize.onnxruntime_qdq import quantizable_layers
-
-        return quantizable_layers(loaded_onnx)
-    return finder(loaded_onnx, spec=spec, target=target)
+    """The layers the target's backend may keep in higher precision, by the names its compile takes."""
+    return registry.backend(target.backend).quantizable_layers(loaded_onnx, spec=spec, target=target)

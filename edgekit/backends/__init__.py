@@ -1,5 +1,6 @@
-"""Backends: one folder each, with compiler.py (build time) and runtime.py (run time)."""
+"""Backends: one folder each, with backend.py (the ``Backend`` class), compiler.py (build time), runtime.py
+(run time) and options.py; ``edgekit.registry`` finds them by id."""
 
-from edgekit.backends.base import BACKENDS, CompileResult, Runtime, compiler_for, runtime_for
+from edgekit.backends.base import Backend, CompileInput, CompileResult, MeasureSite, NoOptions, Runtime
 
-__all__ = ["BACKENDS", "CompileResult", "Runtime", "compiler_for", "runtime_for"]
+__all__ = ["Backend", "CompileInput", "CompileResult", "MeasureSite", "NoOptions", "Runtime"]

@@ -44,9 +44,10 @@ def accuracy_of(record: dict[str, Any], fp32_top1: float, val_sha: str, host: st
     simulated = not on_target or "simulated" in how.lower() or bool(acc.get("simulated"))
     if simulated and not how.lower().startswith("simulated"):
         how = f"simulated: {how}"
-    if simulated and record["backend"] == "tensorrt":
-        qdq = " with its INT8 Q/DQ nodes" if record["precision"] == "int8" else ""
-        how += f" (the bundle's ONNX graph{qdq}, run here because the GPU is absent)"
+    if simulated:
+        from edgekit import registry
+
+        how += registry.backend(record["backend"]).simulation_note(record["precision"])
     return {
         "top1": acc["value"]["top1"], "top5": acc["value"]["top5"], "drop_points": acc["drop_points"],
         "agreement_with_fp32": acc["agreement_with_fp32"], "per_class": acc["per_class"],

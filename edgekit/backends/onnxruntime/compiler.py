@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from edgekit.backends.base import CompileResult
+from edgekit import calibration
+from edgekit.backends.base import CompileInput, CompileResult
 from edgekit.errors import require
-from edgekit.imagesets import ImageSet
 from edgekit.quantize import onnxruntime_qdq
-from edgekit.spec import ModelSpec
-from edgekit.targets import Target
 
 MODEL_FILE = "model.onnx"
 
 
-def compile(
-    model: Any,
-    *,
-    spec: ModelSpec,
-    target: Target,
-    precision: str,
-    staging: Path,
-    calibration: ImageSet | None = None,
-    calibration_method: str = "minmax",
-    calibration_percentile: float = 99.999,
-    keep_in_higher_precision: tuple[str, ...] = (),
-) -> CompileResult:
+def compile(job: CompileInput) -> CompileResult:
+    """Write model.onnx into ``job.staging``: the model itself (fp32), converted to fp16, or INT8 Q/DQ."""
+    model, spec, precision = job.model, job.spec, job.precision
     onnx = require("onnx", extra="compile", purpose="compiling for ONNX Runtime")
     ort = require("onnxruntime", extra="compile", purpose="compiling for ONNX Runtime")
-    out = staging / MODEL_FILE
+    out = job.staging / MODEL_FILE
     quantization = None
     if precision == "fp32":
         onnx.save(model, str(out))
@@ -41,16 +27,18 @@ def compile(
         import dataclasses
 
         recipe = dataclasses.replace(
-            onnxruntime_qdq.CPU_RECIPE, method=calibration_method, percentile=calibration_percentile
+            calibration.qdq_recipe(job.target.calibration_recipe),
+            method=job.calibration_method,
+            percentile=job.calibration_percentile,
         )
         quantization = onnxruntime_qdq.quantize(
             model,
-            calibration,
+            job.calibration,
             out,
             recipe=recipe,
             input_name=spec.input.name,
             static_batch=None if spec.input.dynamic_batch else spec.input.shape[0],
-            nodes_to_exclude=keep_in_higher_precision,
+            nodes_to_exclude=job.keep_in_higher_precision,
         )
     return CompileResult(
         files=[MODEL_FILE],
@@ -59,15 +47,3 @@ def compile(
         quantization=quantization,
         inference_precision={"fp32": "fp32", "fp16": "fp16 (I/O fp32)", "int8": "int8 Q/DQ, fp32 elsewhere"}[precision],
     )
-
-
-def quantizable_layers(model: Any, *, spec: ModelSpec, target: Target) -> list[str]:
-    """The layers an accuracy budget may keep in higher precision (fp32 here), by the names compile takes."""
-    return onnxruntime_qdq.quantizable_layers(model)
-
-
-def measure_here(target: Target, host: str, log) -> tuple[str | None, bool, str]:
-    """(device override, runs on the target itself, description) for measuring a bundle on this machine."""
-    if target.arch_matches_host():
-        return None, True, f"ONNX Runtime CPU on this {host}"
-    return None, False, f"ONNX Runtime CPU on this {host}, standing in for {target.arch}"

@@ -53,6 +53,3 @@ class ONNXRuntimeRuntime(Runtime):
             "device": self.device,
             "providers": self.session.get_providers(),
         }
-
-
-RUNTIME = ONNXRuntimeRuntime

@@ -6,13 +6,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends.base import CompileResult, parse_options
+from edgekit import calibration
+from edgekit.backends.base import CompileInput, CompileResult, parse_options
 from edgekit.backends.openvino.options import OpenVINOOptions
 from edgekit.backends.openvino.runtime import compile_config, inference_precision
 from edgekit.errors import require
-from edgekit.imagesets import ImageSet
 from edgekit.quantize import nncf_ov
-from edgekit.spec import ModelSpec
 from edgekit.targets import Target
 
 MODEL_FILE = "model.xml"
@@ -35,26 +34,18 @@ def _to_ov(model: Any, static_batch: int | None) -> Any:
     return ov_model
 
 
-def compile(
-    model: Any,
-    *,
-    spec: ModelSpec,
-    target: Target,
-    precision: str,
-    staging: Path,
-    calibration: ImageSet | None = None,
-    calibration_method: str = "minmax",
-    calibration_percentile: float = 99.999,
-    keep_in_higher_precision: tuple[str, ...] = (),
-) -> CompileResult:
+def compile(job: CompileInput) -> CompileResult:
+    """Write model.xml + model.bin into ``job.staging``: fp32, fp16-compressed, or NNCF INT8."""
+    spec, target, precision, staging = job.spec, job.target, job.precision, job.staging
     ov = require("openvino", extra="compile", purpose="compiling for OpenVINO")
     static_batch = 1 if target.static_shapes else (None if spec.input.dynamic_batch else spec.input.shape[0])
-    ov_model = _to_ov(model, static_batch if target.static_shapes else None)
+    ov_model = _to_ov(job.model, static_batch if target.static_shapes else None)
     quantization = None
     if precision == "int8":
         ov_model, quantization = nncf_ov.quantize(
-            ov_model, calibration, static_batch=static_batch, ignored_names=keep_in_higher_precision,
-            method=calibration_method, percentile=calibration_percentile,
+            ov_model, job.calibration, static_batch=static_batch, ignored_names=job.keep_in_higher_precision,
+            method=job.calibration_method, percentile=job.calibration_percentile,
+            recipe=calibration.nncf_recipe(target.calibration_recipe),
         )  # fmt: skip
     ov.save_model(ov_model, str(staging / MODEL_FILE), compress_to_fp16=precision == "fp16")
     hint = PRECISION_HINTS[precision]
@@ -80,16 +71,6 @@ def _actual_precision(xml: Path, target: Target, hint: str, precision: str) -> s
     return f"int8 where quantized, {actual} elsewhere" if precision == "int8" else actual
 
 
-def quantizable_layers(model: Any, *, spec: ModelSpec, target: Target) -> list[str]:
-    """The layers an accuracy budget may keep in higher precision (f32 here), by the names compile takes."""
-    static_batch = 1 if target.static_shapes else None
-    return nncf_ov.quantizable_layers(_to_ov(model, static_batch))
-
-
-def measure_here(target: Target, host: str, log) -> tuple[str | None, bool, str]:
-    """(device override, runs on the target itself, description): the CPU plugin stands in for absent devices."""
-    ov = require("openvino", extra="compile", purpose="compiling for OpenVINO")
-    if target.device in ov.Core().available_devices:
-        return None, True, f"OpenVINO {target.device} on this {host}"
-    log(f"OpenVINO device {target.device} is absent here: accuracy is measured on the CPU plugin instead")
-    return "CPU", False, f"OpenVINO CPU on this {host}, standing in for {target.device}"
+def quantizable_layers(model: Any, target: Target) -> list[str]:
+    """The layers NNCF quantizes in this model's IR, by the names ``compile`` ignores when told to."""
+    return nncf_ov.quantizable_layers(_to_ov(model, 1 if target.static_shapes else None))

@@ -71,6 +71,3 @@ class OpenVINORuntime(Runtime):
             "device": self.device,
             "inference_precision": inference_precision(self.compiled),
         }
-
-
-RUNTIME = OpenVINORuntime

@@ -8,8 +8,8 @@ so the device builds one from the bundle on first start and caches it (see runti
   TensorRT 10 keeps), checked against TensorRT's Q/DQ rules; plus a TensorRT calibration cache and the
   FP32 graph its tensor names belong to, for the implicit path the DLA needs.
 
-Where TensorRT is absent, ``SIMULATOR`` runs the bundle's ONNX in ONNX Runtime on the CPU so that the
-pipeline can still measure (simulated) accuracy and record the self-test.
+Where TensorRT is absent, the backend's simulator (simulator.py) runs the bundle's ONNX in ONNX Runtime on
+the CPU so that the pipeline can still measure (simulated) accuracy and record the self-test.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends.base import CompileResult, parse_options
+from edgekit.backends.base import CompileInput, CompileResult, parse_options
 from edgekit.backends.tensorrt import calibration_cache, onnx_support, qdq_rules
 from edgekit.backends.tensorrt.build_plan import PLAN_FILE, implicit_variant, make_plan
 from edgekit.backends.tensorrt.options import TensorRTOptions
-from edgekit.backends.tensorrt.simulator import SimulatedRuntime
+from edgekit.calibration import qdq_recipe
 from edgekit.errors import ModelError, require
 from edgekit.imagesets import ImageSet
 from edgekit.quantize import onnxruntime_qdq
@@ -33,8 +33,6 @@ from edgekit.targets import Target
 
 MODEL_FILE = "model.onnx"
 FP32_FILE = "model_fp32.onnx"
-SIMULATOR = SimulatedRuntime
-SIMULATED = "simulated: ONNX Runtime CPU"  # how accuracy is labelled where the simulator stands in
 INFERENCE_PRECISION = {
     "fp32": "fp32 (TF32 off), built on the device",
     "fp16": "fp16 where TensorRT finds it faster, fp32 elsewhere; built on the device",
@@ -82,11 +80,12 @@ def _quantize(
     staging: Path,
     keep: tuple[str, ...],
     newest_trt: str,
-    percentile: float = 99.999,
+    percentile: float,
+    recipe_name: str,
 ) -> tuple[dict[str, Any], list[str]]:
     """Write the Q/DQ ONNX, the FP32 graph it came from and the calibration cache; return provenance, notes."""
     onnx = require("onnx", extra="compile", purpose="compiling for TensorRT")
-    recipe = dataclasses.replace(onnxruntime_qdq.SYMMETRIC_RECIPE, method=method, percentile=percentile)
+    recipe = dataclasses.replace(qdq_recipe(recipe_name), method=method, percentile=percentile)
     quantization = onnxruntime_qdq.quantize(
         model,
         calibration,
@@ -117,18 +116,9 @@ def _quantize(
     return quantization, notes
 
 
-def compile(
-    model: Any,
-    *,
-    spec: ModelSpec,
-    target: Target,
-    precision: str,
-    staging: Path,
-    calibration: ImageSet | None = None,
-    calibration_method: str = "minmax",
-    calibration_percentile: float = 99.999,
-    keep_in_higher_precision: tuple[str, ...] = (),
-) -> CompileResult:
+def compile(job: CompileInput) -> CompileResult:
+    """Write the ONNX (int8: Q/DQ, plus the FP32 graph and calibration cache) and the build plan."""
+    model, spec, target, precision, staging = job.model, job.spec, job.target, job.precision, job.staging
     onnx = require("onnx", extra="compile", purpose="compiling for TensorRT")
     options = parse_options(
         TensorRTOptions, target.backend_options, backend="tensorrt", source=target.source or target.name
@@ -140,12 +130,13 @@ def compile(
         quantization, more = _quantize(
             model,
             spec,
-            calibration,
-            calibration_method,
+            job.calibration,
+            job.calibration_method,
             staging,
-            keep_in_higher_precision,
+            job.keep_in_higher_precision,
             newest,
-            calibration_percentile,
+            job.calibration_percentile,
+            target.calibration_recipe,
         )
         notes += more
         files += [FP32_FILE, calibration_cache.CACHE_FILE]
@@ -170,13 +161,3 @@ def compile(
         notes=notes,
         build_plan=plan_data,
     )
-
-
-def measure_here(target: Target, host: str, log) -> tuple[str | None, bool, str]:
-    """(device override, runs on the target itself, description): without TensorRT and a GPU, the SIMULATOR."""
-    from edgekit.backends.tensorrt.runtime import gpu_available
-
-    if gpu_available():
-        return None, True, f"TensorRT on this machine's NVIDIA GPU ({host})"
-    log("TensorRT or an NVIDIA GPU is absent here: the bundle's ONNX runs in ONNX Runtime on the CPU instead")
-    return None, False, SIMULATED

@@ -236,6 +236,4 @@ class TensorRTRuntime(Runtime):
         self.engine = None
 
 
-RUNTIME = TensorRTRuntime
-
-__all__ = ["RUNTIME", "TensorRTRuntime", "gpu_available", "gpu_info", "load_stack"]
+__all__ = ["TensorRTRuntime", "gpu_available", "gpu_info", "load_stack"]
