@@ -13,6 +13,7 @@ from typing import Any
 
 from edgekit import _toml as tomllib
 from edgekit.errors import UsageError
+from edgekit.tasks import unsupported
 
 RESIZE_MODES = ("bilinear", "nearest", "bicubic", "area")
 COLOR_ORDERS = ("RGB", "BGR")
@@ -97,6 +98,11 @@ class ModelSpec:
     labels: tuple[str, ...] = ()
     output_kind: str = "logits"  # "logits" (softmax applied after) or "probabilities"
 
+    def __post_init__(self) -> None:
+        why = unsupported(self.task)
+        if why is not None:
+            raise UsageError(f"{why}; fix the model spec's 'task'")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -146,6 +152,9 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
             raise UsageError(
                 f"{path}: unknown key '{prefix}{unknown[0]}'; allowed: {', '.join(sorted(allowed[prefix]))}"
             )
+    why = unsupported(data["task"]) if "task" in data else None
+    if why is not None:
+        raise UsageError(f"{path}: {why}")
     return data
 
 

@@ -38,6 +38,8 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, UsageError
 from edgekit.imagesets import Images, iter_batches
+from edgekit.tasks import get_task
+from edgekit.tasks.base import Task
 
 Infer = Callable[[np.ndarray], np.ndarray]
 Build = Callable[[tuple[str, ...]], Infer]
@@ -173,25 +175,22 @@ class Figures:
 @dataclass(frozen=True)
 class Part:
     """Images (an array, or an ``ImageSet`` read one batch at a time), their labels (or None) and the FP32
-    model's outputs on them. Each measurement streams the images again; only outputs are held."""
+    model's outputs on them. Each measurement streams the images again; only outputs are held. The model's
+    ``task`` says what agreement and accuracy are (a classifier's: top-1)."""
 
     images: Images
     labels: np.ndarray | None
     fp32_outputs: np.ndarray
+    task: Task = field(default_factory=lambda: get_task("classification"))
 
     def __len__(self) -> int:
         return len(self.images)
 
     def figures(self, outputs: np.ndarray) -> Figures:
-        pred, ref = outputs.argmax(1), self.fp32_outputs.argmax(1)
-        agreement = 100.0 * float((pred == ref).mean())
+        c = self.task.compare(outputs, self.fp32_outputs, self.labels)
         diff = outputs.astype(np.float64) - self.fp32_outputs
         nmse = float((diff * diff).sum() / max(float((self.fp32_outputs.astype(np.float64) ** 2).sum()), 1e-30))
-        if self.labels is None:
-            return Figures(agreement, nmse=nmse)
-        right, right32 = pred == self.labels, ref == self.labels
-        return Figures(agreement, 100.0 * float(right32.mean()), 100.0 * float(right.mean()), nmse,
-                       float((right != right32).mean()))  # fmt: skip
+        return Figures(c.agreement, c.reference_score, c.score, nmse, c.discordance)
 
 
 def split(paths: list[Path], root: Path) -> tuple[list[int], list[int]]:

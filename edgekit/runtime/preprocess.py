@@ -93,9 +93,3 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec, inp: InputSpec, *, color
     if inp.layout == "NCHW":
         x = x.transpose(2, 0, 1)
     return np.ascontiguousarray(x, dtype=np.dtype(inp.dtype))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)

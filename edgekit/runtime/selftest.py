@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.tasks.base import Task
+
 SELFTEST_FILE = "selftest.npz"
 
 
@@ -17,13 +19,14 @@ class SelfTestResult:
     inputs: int
     max_error: float
     tolerance: float
-    top1_mismatches: int
+    top1_mismatches: int  # the task's mismatches (for a classifier, of top-1)
+    mismatch_name: str = "top-1 mismatches"  # what they count, from the task
 
     def describe(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
         return (
             f"self-test {verdict}: {self.inputs} inputs, max normalised error {self.max_error:.4g} "
-            f"(tolerance {self.tolerance:g}), {self.top1_mismatches} top-1 mismatches"
+            f"(tolerance {self.tolerance:g}), {self.top1_mismatches} {self.mismatch_name}"
         )
 
 
@@ -86,12 +89,16 @@ def load(
 
 
 def run(infer, bundle_dir: Path, entry: dict[str, Any], input_shape: tuple[int, ...] | None = None, *,
-        source: str = "bundle") -> SelfTestResult:  # fmt: skip
-    """Run the stored inputs through ``infer`` one at a time and compare with the expected outputs.
+        source: str = "bundle", task: Task | None = None) -> SelfTestResult:  # fmt: skip
+    """Run the stored inputs through ``infer`` one at a time and compare with the expected outputs: the
+    normalised error, and ``task``'s own check (a classifier's top-1; classification when not given).
 
     A model that cannot even run the stored inputs (an error from the backend) is refused as a BundleError.
     """
     from edgekit.errors import BundleError, DependencyError
+    from edgekit.tasks import get_task
+
+    task = task or get_task("classification")
 
     inputs, expected = load(bundle_dir, entry, input_shape, source=source)
     try:
@@ -107,8 +114,8 @@ def run(infer, bundle_dir: Path, entry: dict[str, Any], input_shape: tuple[int, 
         ) from exc
     tol = float(entry["tolerance"])
     if outputs.shape != expected.shape:
-        return SelfTestResult(False, len(inputs), float("inf"), tol, len(inputs))
+        return SelfTestResult(False, len(inputs), float("inf"), tol, len(inputs), task.mismatch_name)
     errors = normalised_error(outputs, expected.astype(np.float32))
-    mismatches = int((outputs.argmax(1) != expected.argmax(1)).sum())
+    mismatches = task.selftest_mismatches(outputs, expected)
     passed = bool(np.all(np.isfinite(outputs)) and errors.max() <= tol and mismatches == 0)
-    return SelfTestResult(passed, len(inputs), float(errors.max()), tol, mismatches)
+    return SelfTestResult(passed, len(inputs), float(errors.max()), tol, mismatches, task.mismatch_name)

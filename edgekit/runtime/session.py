@@ -3,46 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgekit.backends.base import runtime_for
+from edgekit import registry
 from edgekit.bundle.reader import OpenBundle, open_bundle
 from edgekit.errors import BundleError, EdgekitError, UsageError
 from edgekit.runtime import selftest
-from edgekit.runtime.preprocess import preprocess, read_image, softmax
+from edgekit.runtime.preprocess import preprocess, read_image
 from edgekit.spec import InputSpec, PreprocessSpec
+from edgekit.tasks import get_task, unsupported
+from edgekit.tasks.base import Task, TaskResult
+from edgekit.tasks.classification import Prediction, probabilities
 
 ImageLike = str | Path | np.ndarray
 
-
-@dataclass(frozen=True)
-class Prediction:
-    """Top-k classes of one image, best first."""
-
-    top: list[tuple[str, float]]
-    class_ids: list[int]
-
-    @property
-    def label(self) -> str:
-        return self.top[0][0]
-
-    @property
-    def score(self) -> float:
-        return self.top[0][1]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "score": round(self.score, 6),
-            "top_k": [
-                {"label": lab, "class_id": cid, "score": round(p, 6)}
-                for (lab, p), cid in zip(self.top, self.class_ids, strict=True)
-            ],
-        }
+__all__ = ["Bundle", "ImageLike", "Prediction", "load_bundle"]
 
 
 class Bundle:
@@ -54,6 +32,13 @@ class Bundle:
         self.manifest = opened.manifest
         self.hash = opened.hash
         m = self.manifest
+        why = unsupported(m["model"]["task"])
+        if why is not None:
+            raise BundleError(
+                f"{self.path}: manifest field 'model.task': {why}; this edgekit cannot run the bundle "
+                "(recompile it, or run it with the edgekit that built it)"
+            )
+        self.task: Task = get_task(m["model"]["task"])
         self.input = InputSpec(
             **{
                 k: tuple(v) if isinstance(v, list) else v
@@ -66,7 +51,7 @@ class Bundle:
         )
         self.labels: list[str] = list(m["labels"])
         self.output_kind: str = m["postprocess"].get("output", "logits")
-        runtime_cls = runtime_for(m["backend"]["name"]).RUNTIME
+        runtime_cls = registry.backend(m["backend"]["name"]).runtime_class()
         try:
             self.runtime = runtime_cls(opened.root, m, device=device)
         except EdgekitError:
@@ -100,9 +85,9 @@ class Bundle:
 
     # -- running
     def self_test(self) -> selftest.SelfTestResult:
-        return selftest.run(
-            self.infer, self._opened.root, self.manifest["selftest"], self.input.shape, source=str(self.path)
-        )
+        m = self.manifest
+        return selftest.run(self.infer, self._opened.root, m["selftest"], self.input.shape, source=str(self.path),
+                            task=self.task)  # fmt: skip
 
     @property
     def static_batch(self) -> int | None:
@@ -130,30 +115,23 @@ class Bundle:
         return preprocess(image, self.preprocess_spec, self.input, color_order=color_order)
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
-        outputs = outputs.astype(np.float32)
-        return outputs if self.output_kind == "probabilities" else softmax(outputs)
+        """A classifier's class probabilities of raw outputs (softmax of logits, unless it gives probabilities)."""
+        return probabilities(outputs, self.manifest["postprocess"])
 
-    def predict(self, image: ImageLike, *, top_k: int = 5, color_order: str = "RGB") -> Prediction:
-        """Top-k labels of one image (a path, or an HWC uint8 array in ``color_order``)."""
+    def predict(self, image: ImageLike, *, top_k: int = 5, color_order: str = "RGB") -> TaskResult:
+        """The result of one image (a path, or an HWC uint8 array in ``color_order``); for a classifier, a
+        ``Prediction`` of its top-k labels."""
         return self.predict_batch([image], top_k=top_k, color_order=color_order)[0]
 
     def predict_batch(
         self, images: Sequence[ImageLike], *, top_k: int = 5, color_order: str = "RGB"
-    ) -> list[Prediction]:
+    ) -> list[TaskResult]:
         batch = np.stack([self.preprocess(im, color_order=color_order) for im in images])
         return self.postprocess(self.infer(batch), top_k=top_k)
 
-    def postprocess(self, outputs: np.ndarray, *, top_k: int = 5) -> list[Prediction]:
-        probs = self.probabilities(outputs)
-        k = max(1, min(top_k, probs.shape[1]))
-        preds = []
-        for row in probs:
-            ids = np.argsort(-row, kind="stable")[:k]
-            preds.append(Prediction([(self._label(i), float(row[i])) for i in ids], [int(i) for i in ids]))
-        return preds
-
-    def _label(self, class_id: int) -> str:
-        return self.labels[class_id] if class_id < len(self.labels) else f"class_{class_id}"
+    def postprocess(self, outputs: np.ndarray, *, top_k: int = 5) -> list[TaskResult]:
+        """Raw outputs of a batch -> one result per input, decoded by the bundle's task."""
+        return self.task.decode(outputs, self.manifest["postprocess"], self.labels, top_k=top_k)
 
     def describe(self) -> dict[str, Any]:
         return self.runtime.describe()

@@ -1,7 +1,9 @@
 """The live dashboard at ``/``: one self-contained page (no external assets, works offline).
 
 It shows /v1/stream.mjpg, and the latest result, FPS and latencies from /v1/events. A token given as
-``?access_token=`` in the page's URL is passed on to the stream and event URLs.
+``?access_token=`` in the page's URL is passed on to the stream and event URLs. The result panel shows a
+classifier's fields (label, score, top-k) where the result has them; what a task draws on the frame itself
+comes from the task (``edgekit.tasks``), through the stream.
 """
 
 PAGE = """<!doctype html>
@@ -55,13 +57,13 @@ PAGE = """<!doctype html>
       " | device " + info.device_id;
   }).catch(() => { $("model").textContent = "info unavailable"; });
   function show(r) {
-    $("label").textContent = r.label;
-    $("score").textContent = "score " + (r.score * 100).toFixed(1) + "%";
+    $("label").textContent = r.label ?? "";
+    $("score").textContent = r.score === undefined ? "" : "score " + (r.score * 100).toFixed(1) + "%";
     $("fps").textContent = r.fps.toFixed(1);
     $("infer").textContent = r.inference_ms.toFixed(1) + " ms";
     $("e2e").textContent = r.e2e_ms.toFixed(1) + " ms";
     $("seq").textContent = r.seq;
-    $("topk").textContent = r.top_k.map((t) => t.label + " " + (t.score * 100).toFixed(0) + "%").join("  ");
+    $("topk").textContent = (r.top_k || []).map((t) => t.label + " " + (t.score * 100).toFixed(0) + "%").join("  ");
   }
   const events = new EventSource(withToken("v1/events"));
   events.onmessage = (e) => { show(JSON.parse(e.data)); $("state").textContent = "live"; };

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.runtime import Bundle, Prediction, load_bundle
+from edgekit.runtime import Bundle, load_bundle
+from edgekit.tasks.base import TaskResult
 
 log = logging.getLogger("edgekit.serve")
 
@@ -39,7 +40,7 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Inference:
-    prediction: Prediction
+    prediction: TaskResult  # decoded by the bundle's task (a classifier's: its top-k labels)
     seconds: float  # preprocess + infer + postprocess
     bundle_hash: str
     model: str
@@ -78,7 +79,7 @@ class Engine:
         self.loaded_at = time.time()
 
     def run(self, image: np.ndarray, *, top_k: int | None = None) -> Inference:
-        """One HWC uint8 BGR image -> its top-k labels and the time it took."""
+        """One HWC uint8 BGR image -> its result (a classifier's: its top-k labels) and the time it took."""
         with self._lock:
             bundle = self.bundle
             start = time.perf_counter()

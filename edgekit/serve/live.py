@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 
 from edgekit.serve.publishers import Publisher
+from edgekit.tasks import get_task
+from edgekit.tasks.base import Task, draw_text_rows
 
 
 def _put_newest(queue: asyncio.Queue, item: Any) -> None:
@@ -87,27 +89,19 @@ class LiveHub(Publisher):
         self.frames.close()
 
 
-def annotate(image: np.ndarray, result: dict[str, Any]) -> np.ndarray:
-    """Draw the top label, its score, the FPS and the latency on a copy of the frame."""
+def annotate(image: np.ndarray, result: dict[str, Any], task: Task | str = "classification") -> np.ndarray:
+    """A copy of the frame with the result drawn by its task (a classifier's: the top label and its score),
+    and the FPS and the latencies below."""
     h, w = image.shape[:2]
     if w < 480:  # small frames (e.g. 32x32 test sets) are scaled up so the text stays readable
         factor = int(np.ceil(480 / w))
         image = cv2.resize(image, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST)
-        h, w = image.shape[:2]
     else:
         image = image.copy()
-    scale = max(0.5, w / 800)
-    thick = max(1, round(scale * 2))
-    lines = [
-        (f"{result['label']} {result['score'] * 100:.0f}%", (255, 255, 255)),
-        (f"{result['fps']:.1f} FPS  infer {result['inference_ms']:.1f} ms  e2e {result['e2e_ms']:.1f} ms", (0, 255, 255)),
-    ]  # fmt: skip
-    y = 0
-    for text, colour in lines:
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        cv2.rectangle(image, (0, y), (tw + 12, y + th + base + 12), (0, 0, 0), -1)
-        cv2.putText(image, text, (6, y + th + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
-        y += th + base + 12
+    task = get_task(task) if isinstance(task, str) else task
+    y = task.draw(image, result)
+    stats = f"{result['fps']:.1f} FPS  infer {result['inference_ms']:.1f} ms  e2e {result['e2e_ms']:.1f} ms"
+    draw_text_rows(image, [(stats, (0, 255, 255))], y)
     return image
 
 
@@ -138,7 +132,7 @@ class StreamPublisher(Publisher):
         if now - self._last < self.interval:
             return False
         self._last = now
-        frame = annotate(result.image, result.to_dict())
+        frame = annotate(result.image, result.to_dict(), result.task)
         ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise RuntimeError("JPEG encoding of a stream frame failed")

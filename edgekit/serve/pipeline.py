@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,12 @@ def iso_utc(ts: float) -> str:
 
 @dataclass(frozen=True)
 class Result:
-    """One frame's result: what MQTT, the JSON-lines file, /v1/latest and /v1/events publish."""
+    """One frame's result: what MQTT, the JSON-lines file, /v1/latest and /v1/events publish.
+
+    ``output`` is the bundle's task's result in its JSON form (a classifier's: ``label``, ``score``,
+    ``top_k``), published between the daemon's own fields; ``task`` names the task, to draw it with.
+    ``top_k=[...]`` instead of ``output`` builds a classifier's result from its top-k list.
+    """
 
     device_id: str
     seq: int
@@ -42,12 +47,18 @@ class Result:
     fps: float  # results per second over the last ~2 s
     model: str
     bundle_hash: str
-    top_k: list[dict[str, Any]]
+    output: dict[str, Any] = field(default_factory=dict)
+    top_k: InitVar[list[dict[str, Any]] | None] = None
+    task: str = "classification"
     image: np.ndarray | None = field(default=None, repr=False, compare=False)  # the frame, for the stream only
+
+    def __post_init__(self, top_k: list[dict[str, Any]] | None) -> None:
+        if top_k is not None and not self.output:
+            best = top_k[0]
+            object.__setattr__(self, "output", {"label": best["label"], "score": best["score"], "top_k": top_k})
 
     def to_dict(self) -> dict[str, Any]:
         """The message (a new dict each call); ``json`` is the same, serialised once for every publisher."""
-        best = self.top_k[0]
         return {
             "device": self.device_id,
             "seq": self.seq,
@@ -56,9 +67,7 @@ class Result:
             "inference_ms": round(self.inference_ms, 3),
             "e2e_ms": round(self.e2e_ms, 3),
             "fps": round(self.fps, 2),
-            "label": best["label"],
-            "score": best["score"],
-            "top_k": self.top_k,
+            **self.output,
             "model": self.model,
             "bundle": self.bundle_hash[:16],
         }
@@ -124,7 +133,7 @@ class InferenceWorker:
             device_id=self.device_id, seq=frame.seq, captured_at=frame.captured_at,
             inference_ms=inference.seconds * 1000, e2e_ms=e2e * 1000, fps=self.fps.tick(done),
             model=inference.model, bundle_hash=inference.bundle_hash,
-            top_k=inference.prediction.to_dict()["top_k"],
+            output=inference.prediction.to_json(), task=inference.prediction.task,
         )  # fmt: skip
         self.metrics.frames_inferred.inc()
         self.metrics.inference_latency.observe(inference.seconds)
