@@ -7,6 +7,20 @@
     bundle = edgekit.load_bundle("m.edgekit")
     print(bundle.predict("cat.jpg").top)
 
+Every ``edgekit`` command is a thin shell over one of these (``edgekit COMMAND ... --print-api`` prints
+the call it makes):
+
+- ``compile(request: CompileRequest, *, log=None) -> CompiledBundle`` (and ``compile_model(model, *,
+  target, output, log=None, **fields)``): ``edgekit compile``;
+- ``report(request: ReportRequest | None = None, *, progress=True, **fields) -> dict``: ``edgekit report``;
+- ``bench(bundle, options: BenchOptions | None = None, *, log=None, **fields) -> dict``: ``edgekit bench``;
+- ``serve(config: ServeConfig | None = None, /, **fields) -> int``: ``edgekit serve``;
+- ``inspect(path, *, check=False) -> BundleSummary``: ``edgekit inspect``;
+- ``build_engine(bundle, *, cache_dir=None, force=False) -> EngineBuild``: ``edgekit build-engine``;
+- ``load_bundle(path, *, device=None) -> Bundle`` (``Bundle.predict``): ``edgekit predict``;
+  ``list_targets() -> list[Target]``: ``edgekit targets``.
+
+``edgekit.report`` and ``edgekit.serve`` are also the packages of those names; each package is callable.
 Attributes are imported on first use, so ``import edgekit`` stays light (no torch, no vendor runtime).
 """
 
@@ -32,15 +46,29 @@ _LAZY = {
     "InputSpec": "edgekit.spec",
     "PreprocessSpec": "edgekit.spec",
     "EdgekitError": "edgekit.errors",
+    "report": "edgekit.report:",  # the package itself: it is callable (edgekit.report.report.report)
+    "ReportRequest": "edgekit.report.report",
+    "ReportOptions": "edgekit.report.report",
+    "bench": "edgekit.measure.bench",
+    "BenchOptions": "edgekit.measure.bench",
+    "serve": "edgekit.serve:",  # the package itself: it is callable (edgekit.serve.daemon.serve)
+    "ServeConfig": "edgekit.serve.config",
+    "inspect": "edgekit.inspection",
+    "BundleSummary": "edgekit.inspection",
+    "build_engine": "edgekit.engine_build",
+    "EngineBuild": "edgekit.engine_build",
 }
 
-# ``edgekit.compile`` stays out of ``import *``, which would shadow the built-in ``compile``.
-__all__ = ["__version__", *sorted(n for n in _LAZY if n != "compile")]
+# ``edgekit.compile`` and ``edgekit.inspect`` stay out of ``import *``, which would shadow the built-in
+# ``compile`` and the standard library's ``inspect``.
+__all__ = ["__version__", *sorted(n for n in _LAZY if n not in ("compile", "inspect"))]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        module, _, attr = _LAZY[name].partition(":")
+        module, colon, attr = _LAZY[name].partition(":")
+        if colon and not attr:
+            return import_module(module)
         return getattr(import_module(module), attr or name)
     raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from edgekit import budgeting
+from edgekit import budgeting, registry
 from edgekit import spec as specs
 from edgekit._version import __version__
-from edgekit.backends.base import CompileResult, compiler_for, runtime_for
+from edgekit.backends.base import CompileInput, CompileResult
 from edgekit.bundle import SCHEMA_VERSION, BundleWriter
 from edgekit.errors import UsageError
 from edgekit.frontends import LoadedModel, load_model
@@ -25,6 +25,7 @@ from edgekit.quantize.budget import Budget
 from edgekit.request import INT8_DROP_WARNING, CompileRequest
 from edgekit.runtime import selftest
 from edgekit.targets import Target, get_target
+from edgekit.tasks import get_task
 
 SELFTEST_INPUTS = 4
 SELFTEST_TOLERANCE = {"fp32": 0.01, "fp16": 0.05, "int8": 0.15}
@@ -118,21 +119,20 @@ def _resolve_spec(loaded: LoadedModel, overrides: dict[str, Any], val: Path | No
 def _eval_device(target: Target, log: Log) -> tuple[str | None, bool, str]:
     """Where to run the bundle here: (device override, runs on the target itself, description).
 
-    Each backend's compiler module answers through ``measure_here(target, host, log)``."""
+    Each backend answers through ``Backend.measure_here(target, host, log)``."""
     from edgekit.measure.machine import cpu_model, usable_cores
 
     host = f"{platform.machine()} host ({cpu_model()}, {usable_cores()} cores)"
-    measure_here = getattr(compiler_for(target.backend), "measure_here", None)
-    if measure_here is None:
-        return None, False, "not run here"
-    return measure_here(target, host, log)
+    site = registry.backend(target.backend).measure_here(target, host, log)
+    return site.device, site.on_target, site.description
 
 
 def _eval_runtime(target: Target, on_target: bool) -> tuple[type, bool]:
     """The runtime that measures the bundle here, and whether it is a simulation: the backend's own, or,
-    where the device is absent, the SIMULATOR its compiler offers (TensorRT: ONNX Runtime on the CPU)."""
-    simulator = None if on_target else getattr(compiler_for(target.backend), "SIMULATOR", None)
-    return (simulator or runtime_for(target.backend).RUNTIME), simulator is not None
+    where the device is absent, the simulator it offers (TensorRT: ONNX Runtime on the CPU)."""
+    backend = registry.backend(target.backend)
+    simulator = None if on_target else backend.simulator()
+    return (simulator or backend.runtime_class()), simulator is not None
 
 
 def _drop_warning(accuracy: dict[str, Any], precision: str, threshold: float) -> list[str]:
@@ -172,11 +172,7 @@ def _base_manifest(
         },
         "preprocess": _asdict(spec.preprocess),
         "labels": labels,
-        "postprocess": {
-            "output": spec.output_kind,
-            "activation": "softmax" if spec.output_kind == "logits" else "none",
-            "top_k": min(5, num_classes),
-        },
+        "postprocess": get_task(spec.task).postprocess_record(spec.output_kind, (-1, num_classes)),
         "target": {
             "name": target.name,
             "backend": target.backend,
@@ -224,34 +220,36 @@ def _accuracy(
     ref_out = ev.run_batches(lambda x: reference.run(None, {spec.input.name: x})[0], val, batch)
     out = ev.run_batches(runtime.infer, val, batch)
     dataset = {"images": len(val.paths), "skipped": len(val.skipped), "sha256": val.sha256}
+    task = get_task(spec.task)
     if val.labels is None:  # unlabelled images: only agreement with FP32 can be measured
         return {
             "metric": "agreement_with_fp32", "dataset": {**dataset, "labelled": False}, "fp32": None, "value": None,
-            "drop_points": None, "agreement_with_fp32": round(ev.agreement(ref_out.argmax(1), out.argmax(1)), 3),
+            "drop_points": None, "agreement_with_fp32": round(ev.output_agreement(out, ref_out, task), 3),
             "per_class": {}, "fp32_reference": "ONNX Runtime CPU, FP32, the source model",
             "measured_with": measured_with,
         }  # fmt: skip
-    fp32 = ev.evaluate(ref_out, val.labels, labels)
-    this = ev.evaluate(out, val.labels, labels)
+    fp32 = ev.evaluate(ref_out, val.labels, labels, task)
+    this = ev.evaluate(out, val.labels, labels, task)
     return {
-        "metric": "top1",
+        "metric": task.metric,
         "dataset": dataset,
         "fp32": fp32.summary(),
         "value": this.summary(),
-        "drop_points": round(fp32.top1 - this.top1, 3),
-        "agreement_with_fp32": round(ev.agreement(fp32.predictions, this.predictions), 3),
+        "drop_points": round(fp32.score - this.score, 3),
+        "agreement_with_fp32": round(ev.output_agreement(out, ref_out, task), 3),
         "per_class": this.per_class,
         "fp32_reference": "ONNX Runtime CPU, FP32, the source model",
         "measured_with": measured_with,
     }
 
 
-def _selftest(runtime, staging: Path, pool: np.ndarray | ImageSet, precision: str, source: str) -> dict[str, Any]:
-    """Keep the stored inputs whose top-1 is least ambiguous, so a faithful runtime always agrees."""
+def _selftest(runtime, staging: Path, pool: np.ndarray | ImageSet, precision: str, source: str,
+              task: str = "classification") -> dict[str, Any]:  # fmt: skip
+    """Keep the stored inputs whose answer is least ambiguous (a classifier's top-1), so a faithful runtime
+    always agrees."""
     candidates = pool[:64] if isinstance(pool, np.ndarray) else pool.head(64)
     outputs = np.concatenate([runtime.infer(candidates[i : i + 1]) for i in range(len(candidates))])
-    top2 = np.sort(outputs, axis=1)[:, -2:]
-    margin = (top2[:, 1] - top2[:, 0]) / np.maximum(np.ptp(outputs, axis=1), 1e-6)
+    margin = get_task(task).selftest_margin(outputs)
     pick = np.sort(np.argsort(-margin, kind="stable")[:SELFTEST_INPUTS])
     selftest.save(staging / selftest.SELFTEST_FILE, candidates[pick], outputs[pick].astype(np.float32))
     return {
@@ -410,12 +408,12 @@ class _Prepared:
     ) -> dict[str, Any]:
         """Compile into ``staging`` with ``excluded`` layers in higher precision; return the manifest so far."""
         precision = precision or self.precision
-        result = compiler_for(self.target.backend).compile(
-            self.loaded.onnx, spec=self.spec, target=self.target, precision=precision, staging=staging,
+        job = CompileInput(
+            model=self.loaded.onnx, spec=self.spec, target=self.target, precision=precision, staging=staging,
             calibration=self.calibration, calibration_method=self.calibration_method,
-            calibration_percentile=self.request.calibration_percentile,
-            keep_in_higher_precision=excluded,
+            calibration_percentile=self.request.calibration_percentile, keep_in_higher_precision=excluded,
         )  # fmt: skip
+        result = registry.backend(self.target.backend).compile(job)
         return _base_manifest(self.loaded, self.spec, self.target, precision, result, self.num_classes)
 
     def reference_infer(self, x: np.ndarray) -> np.ndarray:
@@ -435,7 +433,7 @@ def _apply_budget(
 
     trials = budgeting.Trials(trial, on_target, job.spec.input.shape)
     try:
-        search_part, check_part = budgeting.parts(images, job.request.val, job.reference_infer)
+        search_part, check_part = budgeting.parts(images, job.request.val, job.reference_infer, job.spec.task)
         layers = budgeting.layers_for(job.loaded.onnx, job.spec, job.target)
         job.log(f"accuracy budget: {job.budget.describe()}; {len(layers)} quantized layers, "
                 f"{len(search_part)} search and {len(check_part)} check images")  # fmt: skip
@@ -510,15 +508,34 @@ def _measure(job: _Prepared, runtime, manifest, staging: Path, measured_with: st
     elif val_set is not None:
         pool, source = val_set, "validation images"
     else:
-        pool, source = _synthetic(spec), "seeded random inputs"
-    manifest["selftest"] = _selftest(runtime, staging, pool, job.precision, source)
+        pool, source = _synthetic(spec)
+    manifest["selftest"] = _selftest(runtime, staging, pool, job.precision, source, job.spec.task)
     manifest["latency"] = _latency(runtime, spec, on_target, measured_with)
     return warnings
 
 
-def _synthetic(model_spec: specs.ModelSpec) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return rng.standard_normal((16, *model_spec.input.shape[1:])).astype(np.float32)
+def _synthetic(model_spec: specs.ModelSpec) -> tuple[np.ndarray | ImageSet, str]:
+    """Self-test inputs for a compile given no images, and where they came from: edgekit's shipped calibration
+    images (calibration/images/, 32x32 photographs) preprocessed by the model's spec, resized to the input's
+    size if the spec's own resize and crop do not give it; seeded random inputs if the input is no RGB image."""
+    import dataclasses
+
+    from edgekit import calibration
+    from edgekit.errors import DataError
+
+    inp, folder = model_spec.input, calibration.images_folder()
+    if inp.channels != 3 or not folder.is_dir():
+        why = f"the model's input has {inp.channels} channel(s), not 3" if inp.channels != 3 else f"{folder} is missing"
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((16, *inp.shape[1:])).astype(np.float32), f"seeded random inputs ({why})"
+    source = "edgekit's shipped calibration images"
+    try:
+        return load_unlabelled(folder, model_spec), source
+    except DataError:  # e.g. a 224x224 input whose spec has no resize
+        pass
+    h, w = inp.hw
+    resized = dataclasses.replace(model_spec.preprocess, resize=(h, w), crop=None)
+    return load_unlabelled(folder, dataclasses.replace(model_spec, preprocess=resized)), f"{source}, resized to {h}x{w}"
 
 
 __all__ = ["INT8_DROP_WARNING", "CompileRequest", "CompiledBundle", "compile_model", "compile_request"]

@@ -13,6 +13,10 @@
 ``--debug`` (before or after the command) or ``EDGEKIT_DEBUG=1`` in the environment prints, before a user
 error's line, the full traceback with its chain of causes (``traceback.print_exception``); the exit code is
 the same. In every case the last line on stderr is the ``edgekit:`` line.
+
+``--print-api`` on any command prints the Python call the command makes (``import edgekit`` and one call with
+only the arguments that differ from the API's defaults) and exits 0 without running it; ``--debug`` is not
+part of it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import sys
 
 from edgekit._version import __version__
 
-# command -> module; each module defines add_parser(subparsers) and run(args) -> int.
+# command -> module; each module defines add_parser(subparsers), api_call(args) -> Call (the public function of
+# ``edgekit`` it calls, with the arguments: what --print-api prints) and run(args) -> int, which invokes that
+# call and prints the result. OUTPUT_FLAGS in each module names the flags that only change how the result is shown.
 COMMANDS = {
     "targets": "edgekit.cli.targets",
     "compile": "edgekit.cli.compile",
@@ -39,6 +45,9 @@ COMMANDS = {
 INTERNAL_ERROR = 3  # exit status of a bug in edgekit (user errors are 1 and 2, Ctrl-C 130)
 DEBUG_ENV = "EDGEKIT_DEBUG"
 _DEBUG_HELP = f"on an error, also print the traceback with its causes (or set {DEBUG_ENV}=1)"
+_PRINT_API_HELP = (
+    "print the Python call (import edgekit; edgekit.COMMAND(...)) this command makes, and exit without running it"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module).add_parser(sub)
     for command in sub.choices.values():  # also after the command; SUPPRESS keeps a --debug given before it
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+        command.add_argument("--print-api", action="store_true", help=_PRINT_API_HELP)
     return parser
 
 
@@ -69,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         debug = debug or args.debug
+        if args.print_api:
+            print(args.api(args).source(), end="")
+            return 0
         return int(args.run(args) or 0)
     except EdgekitError as exc:
         if debug:

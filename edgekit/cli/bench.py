@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.cli import _args
+from edgekit.cli._api import Call
 
 EPILOG = """examples:
   edgekit bench model.edgekit                       # 3 s of batch-1 latency, then the other phases
   edgekit bench model.edgekit --runs 1000 --json > orin-nano.json
   edgekit bench model.edgekit --val val/ --json     # also top-1 on this device
   edgekit report model.onnx ... --merge orin-nano.json   # fold a device run into a report
+  edgekit bench model.edgekit --runs 100 --print-api   # prints: edgekit.bench('model.edgekit', runs=100)
 
 Runs with numpy, OpenCV and the bundle's runtime only. The JSON schema is in docs/report.md.
 """
@@ -36,9 +38,10 @@ def add_parser(sub) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("bundle", help="bundle folder or packed file")
-    p.add_argument("--seconds", type=_positive_float, default=3.0, help="batch-1 latency for this long (default 3)")
+    # no argparse defaults: a flag not given leaves BenchOptions' own default (tests check the help matches it)
+    p.add_argument("--seconds", type=_positive_float, help="batch-1 latency for this long (default 3)")
     p.add_argument("--runs", type=_args.positive_int, help="batch-1 latency over exactly this many runs instead")
-    p.add_argument("--warmup", type=int, default=20, help="warm-up runs before timing (default 20)")
+    p.add_argument("--warmup", type=int, help="warm-up runs before timing (default 20)")
     p.add_argument("--batch-sizes", type=_args.int_list, metavar="N,N,...",
                    help="throughput batch sizes (default 1,2,4,8,16,32; a static-shape bundle: its own)")  # fmt: skip
     p.add_argument("--image", type=Path, help="encoded image for the end-to-end cost (default: a synthetic VGA JPEG)")
@@ -46,7 +49,16 @@ def add_parser(sub) -> None:
     p.add_argument("--device", help="run on another device of the backend (OpenVINO: CPU, GPU, NPU)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (schema: docs/report.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, api=api_call)
+
+
+OUTPUT_FLAGS = ("json", "quiet")  # how the result is shown: not part of the API call
+
+
+def api_call(args: argparse.Namespace) -> Call:
+    """``edgekit.bench(BUNDLE, <the BenchOptions fields given>)``."""
+    given = {key: getattr(args, key) for key in ("seconds", "runs", "warmup", "batch_sizes", "image", "val", "device")}
+    return Call("bench", (args.bundle,), {k: v for k, v in given.items() if v is not None})
 
 
 def _lines(r: dict[str, Any]) -> list[str]:
@@ -80,14 +92,8 @@ def _lines(r: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekit.measure.bench import BenchOptions, bench_bundle
-
-    options = BenchOptions(
-        seconds=args.seconds, runs=args.runs, warmup=args.warmup, batch_sizes=args.batch_sizes,
-        image=args.image, val=args.val, device=args.device,
-    )  # fmt: skip
     log = None if args.quiet else (lambda msg: print(f"edgekit: bench: {msg}", file=sys.stderr, flush=True))
-    result = bench_bundle(args.bundle, options=options, log=log)
+    result = api_call(args).invoke(log=log)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgekit.cli._api import Call
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -19,39 +21,44 @@ def add_parser(sub) -> None:
         help="engine cache folder (default: $EDGEKIT_ENGINE_CACHE, else ~/.cache/edgekit/engines)",
     )
     p.add_argument("--force", action="store_true", help="rebuild even if a sound cached engine exists")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, api=api_call)
+
+
+OUTPUT_FLAGS = ()
+
+
+def api_call(args: argparse.Namespace) -> Call:
+    """``edgekit.build_engine(BUNDLE, cache_dir=..., force=...)``."""
+    kwargs = {"cache_dir": args.cache_dir, "force": args.force or None}
+    return Call("build_engine", (args.bundle,), {k: v for k, v in kwargs.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgekit import registry
     from edgekit.bundle import open_bundle
     from edgekit.errors import BundleError, UsageError
-    from edgekit.runtime import selftest
 
-    opened = open_bundle(args.bundle)
+    opened = open_bundle(args.bundle)  # the backend check, before the API call loads TensorRT
     try:
         backend = opened.manifest["backend"]["name"]
-        if backend != "tensorrt":
+        if not registry.backend(backend).builds_engines:
             raise UsageError(
                 f"'{args.bundle}' is a {backend} bundle; build-engine builds TensorRT engines (bundles compiled "
                 "for a jetson-* target)"
             )
-        from edgekit.backends.tensorrt.runtime import TensorRTRuntime
-
-        runtime = TensorRTRuntime(opened.root, opened.manifest, cache_dir=args.cache_dir, rebuild=args.force)
-        try:
-            result = selftest.run(runtime.infer, opened.root, opened.manifest["selftest"],
-                                  tuple(opened.manifest["input"]["shape"]), source=str(args.bundle))  # fmt: skip
-            info = runtime.describe()
-        finally:
-            runtime.close()
     finally:
         opened.close()
-    print(f"engine:       {info['engine']}: {info['engine_file']}")
-    print(f"device:       {info['device']}, TensorRT {info['backend_version']}")
-    print(f"self-test:    {result.describe()}")
-    if not result.passed:
-        raise BundleError(
-            "the engine does not reproduce the compiled model (self-test failed); the bundle will be refused "
-            "at load time: recompile it, or report the TensorRT version and GPU above"
-        )
+    try:
+        built = api_call(args).invoke()
+    except BundleError as exc:
+        if getattr(exc, "build", None) is not None:  # the self-test failed: show what was built, then the error
+            _print(exc.build)
+        raise
+    _print(built)
     return 0
+
+
+def _print(built) -> None:
+    print(f"engine:       {built.engine}: {built.engine_file}")
+    print(f"device:       {built.device}, TensorRT {built.backend_version}")
+    print(f"self-test:    {built.selftest.describe()}")

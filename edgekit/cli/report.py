@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgekit import request as rq
-from edgekit.cli import _args
+from edgekit.cli import _args, flags
+from edgekit.cli._api import Call
+from edgekit.report import defaults
 
 EPILOG = """examples:
   edgekit report model.onnx --calib calib/ --val val/ --targets cpu,intel-cpu,jetson-orin-nano \\
@@ -18,7 +19,11 @@ EPILOG = """examples:
 Writes report.json, report.csv, report.md and report.html (self-contained) into -o, plus one bundle and
 one record a combination. A failing combination is reported and the rest go on; --resume continues an
 interrupted run. Targets that are not present here get a roofline latency estimate, labelled as such.
+The data, budget, model-spec and preprocessing flags are compile's own, with the same syntax.
+Python: edgekit.report(edgekit.ReportRequest(model=..., output=..., val=..., ...)); see --print-api.
 """
+
+OUTPUT_FLAGS = ("json",)  # how the result is shown: not part of the API call (-q is the API's progress=False)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -40,77 +45,56 @@ def add_parser(sub) -> None:
         "report", help="accuracy vs latency over targets and precisions", description=__doc__.split(":", 1)[1].strip(),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    p.add_argument("model", help="ONNX file, TorchScript file (.ts/.pt), or torch.export program (.pt2)")
+    flags.add_model(p)
     p.add_argument("-o", "--output", required=True, type=Path, help="report folder to write (created if missing)")
-    p.add_argument("--targets", type=_names, default=("cpu", "intel-cpu"), metavar="T,T,...",
-                   help="target names, aliases or .toml paths (default cpu,intel-cpu)")  # fmt: skip
-    p.add_argument("--precisions", type=_args.lower_names, default=("fp32", "fp16", "int8"), metavar="P,P,...",
-                   help="precisions to compile (default fp32,fp16,int8)")  # fmt: skip
-    p.add_argument("--calib-methods", type=_args.lower_names, default=("default",), metavar="M,M,...",
+    p.add_argument("-t", "--targets", type=_names, default=defaults.TARGETS, metavar="T,T,...",
+                   help=f"target names, aliases or .toml paths (default {','.join(defaults.TARGETS)})")  # fmt: skip
+    p.add_argument("-p", "--precisions", type=_args.lower_names, default=defaults.PRECISIONS, metavar="P,P,...",
+                   help=f"precisions to compile (default {','.join(defaults.PRECISIONS)})")  # fmt: skip
+    p.add_argument("--calib-methods", type=_args.lower_names, default=defaults.CALIB_METHODS, metavar="M,M,...",
                    help="int8 calibration methods to compare: default (each target's own), minmax, entropy, "
                    "percentile, mse, mean-minmax (default: default)")  # fmt: skip
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--val", type=Path, required=True, metavar="FOLDER", help="validation images, one sub-folder a class"
+    groups = flags.add_shared(
+        p,
+        val_help="validation images, one sub-folder a class",
+        val_required=True,
+        budget_title="budget (the recommendations at the top use --max-accuracy-drop, default 1 point; given "
+        "explicitly, each target also gets an int8 '-budget' combination compiled under it, as 'edgekit compile' does)",
     )
-    g.add_argument("--calib", type=Path, metavar="FOLDER", help="calibration images (needed for int8)")
-    g.add_argument("--calib-size", type=_args.positive_int, default=rq.CALIB_SIZE, metavar="N",
-                   help=f"calibration sample (default {rq.CALIB_SIZE})")  # fmt: skip
-    m = p.add_argument_group("model spec")
-    m.add_argument("--spec", type=Path, metavar="TOML", help="model-spec file: name, labels, [input], [preprocess] "
-                   "(default: <model stem>.toml, else model.toml, beside the model, if there is one)")  # fmt: skip
-    m.add_argument("--name", help="model name")
-    m.add_argument(
-        "--labels", type=Path, metavar="FILE", help="labels file (default: the spec's, else --val's folders)"
-    )
-    m.add_argument("--input-shape", type=_args.int_list, metavar="N,C,H,W", help="input shape, e.g. 1,3,224,224")
-    b = p.add_argument_group(
-        "budget (the recommendations at the top; given explicitly, each target also gets an int8 '-budget' "
-        "combination compiled under it, as 'edgekit compile' does)"
-    )
-    bx = b.add_mutually_exclusive_group()
-    bx.add_argument(
-        "--max-accuracy-drop", type=_number, metavar="POINTS", help="top-1 drop allowed vs FP32 (default 1.0)"
-    )
-    bx.add_argument(
-        "--min-agreement", type=_number, metavar="A", help="int8 '-budget' rows: minimum %% top-1 agreement with FP32"
-    )
-    b.add_argument(
-        "--budget-confidence", type=_number, metavar="P",
-        help=f"int8 '-budget' rows: probability the check images confirm the budget (default {rq.BUDGET_CONFIDENCE:g})",
-    )  # fmt: skip
-    b.add_argument("--max-latency-ms", type=_number, metavar="MS", help="batch-1 p50 latency allowed")
+    groups["budget"].add_argument("--max-latency-ms", type=_number, metavar="MS", help="batch-1 p50 latency allowed")
     r = p.add_argument_group("runs")
     r.add_argument("--resume", action="store_true", help="keep the finished combinations of an earlier run in -o")
     r.add_argument("--merge", type=Path, action="append", default=[], metavar="BENCH.json",
                    help="fold in an 'edgekit bench --json' result from a device (repeatable; implies --resume)")  # fmt: skip
-    r.add_argument("--bench-seconds", type=_number, default=1.0, metavar="S",
+    r.add_argument("--bench-seconds", type=_number, default=defaults.BENCH_SECONDS, metavar="S",
                    help="batch-1 latency measuring time per combination (default 1)")  # fmt: skip
     r.add_argument("--no-bench", action="store_true", help="skip edgekit bench; use the compile-time latency")
-    _args.add_trust_model_code(p)
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, api=api_call)
+
+
+def request_from(args: argparse.Namespace):
+    """The ``ReportRequest`` that ``edgekit report`` with these arguments makes (nothing is run)."""
+    from edgekit.report.report import ReportRequest
+
+    return ReportRequest(
+        model=args.model, output=args.output, targets=args.targets, precisions=args.precisions,
+        calib_methods=args.calib_methods, max_latency_ms=args.max_latency_ms, resume=args.resume,
+        merge=tuple(args.merge), bench_seconds=args.bench_seconds, bench=not args.no_bench,
+        **flags.shared_fields(args),
+    )  # fmt: skip
+
+
+def api_call(args: argparse.Namespace) -> Call:
+    """``edgekit.report(ReportRequest(...))`` (``progress=False`` with -q)."""
+    return Call("report", (request_from(args),), {"progress": False} if args.quiet else {})
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekit.report.report import ReportOptions, run_report
     from edgekit.report.writers import text_table
-    from edgekit.spec import spec_beside, spec_beside_note
 
-    if args.spec is None and (beside := spec_beside(args.model)) is not None:
-        args.spec = beside
-        if not args.quiet:
-            print(f"edgekit: {spec_beside_note(beside)}", file=sys.stderr, flush=True)
-    options = ReportOptions(
-        val=args.val, targets=args.targets, precisions=args.precisions, calib=args.calib, calib_size=args.calib_size,
-        calib_methods=args.calib_methods, spec=args.spec, labels=args.labels, name=args.name,
-        input_shape=args.input_shape, resume=args.resume, merge=tuple(args.merge),
-        max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement, budget_confidence=args.budget_confidence,
-        max_latency_ms=args.max_latency_ms,
-        bench_seconds=args.bench_seconds, bench=not args.no_bench, trust_model_code=args.trust_model_code,
-    )  # fmt: skip
-    doc = run_report(args.model, output=args.output, options=options, progress=not args.quiet)
+    doc = api_call(args).invoke()
     if args.json:
         import json
 

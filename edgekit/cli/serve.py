@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from typing import Any
 
+from edgekit.cli._api import Call, Expr
 from edgekit.serve.config import BUNDLE, MQTT_PASSWORD_ENV, OPTIONS, TOKEN_ENV, Option
 
 GROUPS = {
@@ -22,6 +24,7 @@ examples:
   edgekit serve model.edgekit --source rtsp://cam.local/stream --mqtt mqtt://broker.local/factory
   edgekit serve model.edgekit --source video.mp4 --loop --realtime --jsonl results.jsonl
   edgekit serve --config /etc/edgekit/serve.toml                 options from a file; flags override it
+  edgekit serve model.edgekit --source 0 --print-api             the Python call: edgekit.serve(bundle=..., source='0')
 
 endpoints: /  /healthz  /readyz  /metrics  /v1/info  /v1/latest  POST /v1/predict  POST /v1/reload
            /v1/events (server-sent events)  /v1/stream.mjpg
@@ -70,26 +73,49 @@ def add_parser(sub) -> None:
             group.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=_help(option))
         else:
             group.add_argument(option.flag, default=None, metavar=option.metavar, help=_help(option))
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, api=api_call)
 
 
-def run(args: argparse.Namespace) -> int:
-    from edgekit.serve.config import build_config, load_toml, parse_flags
+OUTPUT_FLAGS = ("print_config",)  # shows the options in effect instead of serving: not part of the API call
+_PASSWORD = re.compile(r"(://[^:/@]+):[^@/]*@")
+
+
+def _values(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given (the --config file's, then the flags over them), checked: ``ServeConfig`` fields."""
+    from edgekit.serve.config import load_toml, parse_flags
 
     file_values = load_toml(args.config) if args.config else {}
     flag_values = parse_flags(vars(args))
     if args.bundle:
         flag_values["bundle"] = args.bundle
-    config = build_config(file_values=file_values, flag_values=flag_values)
+    values = {**file_values, **flag_values}
+    return {"bundle": values.pop("bundle")} | values if "bundle" in values else values
+
+
+def api_call(args: argparse.Namespace) -> Call:
+    """``edgekit.serve(<the ServeConfig fields given>)``; a secret is written as where to read it from."""
+    values, comments = _values(args), []
+    if values.get("token"):
+        values["token"] = Expr(f"os.environ[{TOKEN_ENV!r}]", ("import os",))
+        comments.append(f"the token given is read from {TOKEN_ENV} here, not written out")
+    for key in ("mqtt", "source"):
+        if values.get(key) and _PASSWORD.search(values[key]):
+            values[key] = _PASSWORD.sub(r"\1:***@", values[key])
+            comments.append(f"the password in {key} is masked: put it back, or use {MQTT_PASSWORD_ENV} for MQTT")
+    return Call("serve", (), values, comments=tuple(comments))
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.serve.config import build_config
+
+    values = _values(args)
     if args.print_config:
-        shown = dict(vars(config))
+        shown = dict(vars(build_config(file_values=values)))
         if shown["token"]:
             shown["token"] = "***"
         for key in ("mqtt", "source"):
             if shown[key]:
-                shown[key] = re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", shown[key])
+                shown[key] = _PASSWORD.sub(r"\1:***@", shown[key])
         print(json.dumps(shown, indent=2))
         return 0
-    from edgekit.serve.daemon import serve
-
-    return serve(config)
+    return Call("serve", (), values).invoke()

@@ -5,17 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgekit.cli._api import Call
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("targets", help="list the hardware targets", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("--json", action="store_true", help="print the targets as JSON")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, api=api_call)
+
+
+OUTPUT_FLAGS = ("json",)  # how the result is shown: not part of the API call
+
+
+def api_call(args: argparse.Namespace) -> Call:
+    """``edgekit.list_targets()``."""
+    return Call("list_targets")
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekit.targets import list_targets
-
-    targets = list_targets()
+    targets = api_call(args).invoke()
     if args.json:
         rows = [{"name": t.name, "aliases": list(t.aliases), "backend": t.backend, "device": t.device,
                  "precisions": list(t.precisions), "default_precision": t.default_precision,

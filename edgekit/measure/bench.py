@@ -7,6 +7,7 @@ The result is a JSON document (``SCHEMA``, ``SCHEMA_VERSION``) documented in doc
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import time
@@ -231,7 +232,7 @@ def _accuracy(bundle: Any, val: Path, log: Log) -> dict[str, Any]:
     images = load_labelled(val, spec, spec.labels)
     log(f"measuring accuracy on {len(images.paths)} images from {val}")
     outputs = ev.run_batches(bundle.infer, images, bundle.static_batch or 32)
-    result = ev.evaluate(outputs, images.labels, bundle.labels)
+    result = ev.evaluate(outputs, images.labels, bundle.labels, bundle.task)
     return {
         **result.summary(),
         "per_class": result.per_class,
@@ -286,4 +287,23 @@ def bench_bundle(path: str | Path, *, options: BenchOptions | None = None, log: 
         }
 
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "BenchOptions", "bench_bundle"]
+def bench(
+    bundle: str | Path, options: BenchOptions | None = None, *, log: Log | None = None, **fields: Any
+) -> dict[str, Any]:
+    """Measure the bundle at ``bundle`` on this machine; return the ``edgekit.bench`` document (docs/report.md).
+
+    Give a ``BenchOptions``, or its fields as keywords (``seconds``, ``runs``, ``warmup``, ``batch_sizes``,
+    ``image``, ``val``, ``device``): ``edgekit.bench("m.edgekit", runs=100)``. ``log`` receives one line per
+    phase. The same as ``edgekit bench`` with the same flags.
+    """
+    if fields:
+        if options is not None:
+            raise TypeError("bench() takes a BenchOptions or its fields as keywords, not both")
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(BenchOptions)})
+        if unknown:
+            raise TypeError(f"bench() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+        options = BenchOptions(**fields)
+    return bench_bundle(bundle, options=options, log=log)
+
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "BenchOptions", "bench", "bench_bundle"]

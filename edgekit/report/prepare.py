@@ -41,8 +41,14 @@ def _overrides(options: Any, loaded: Any) -> dict[str, Any]:
         data["name"] = options.name
     if options.input_shape:
         data["input"]["shape"] = tuple(options.input_shape)
-    if options.labels:
+    if options.layout:
+        data["input"]["layout"] = options.layout
+    if options.preprocess:
+        data["preprocess"].update(options.preprocess)
+    if isinstance(options.labels, (str, Path)):
         data["labels"] = specs.read_labels_file(options.labels)
+    elif options.labels:
+        data["labels"] = tuple(options.labels)
     if not data.get("labels"):
         data["labels"] = tuple(class_folders(options.val))
     if not data["labels"]:
@@ -72,11 +78,15 @@ def _check_inputs(options: Any) -> None:
 
 
 def _runtimes() -> dict[str, str]:
-    """Installed versions of the build-time packages, read from their metadata (nothing is imported)."""
+    """Installed versions of the build-time packages (every registered backend's, and onnx), read from their
+    metadata (no vendor package is imported)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from edgekit import registry
+
+    packages = [p for backend_id in registry.backend_ids() for p in registry.backend(backend_id).packages]
     versions = {}
-    for package in ("onnxruntime", "openvino", "tensorrt", "onnx", "nncf"):
+    for package in dict.fromkeys([*packages, "onnx"]):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
@@ -106,7 +116,7 @@ def prepare(model: str | Path, options: Any, *, log: Callable[[str], None], bund
     log(f"reading validation images from {options.val}")
     val = load_labelled(options.val, spec, spec.labels)
     outputs = ev.run_batches(lambda x: session.run(None, {spec.input.name: x})[0], val, 64)
-    fp32 = ev.evaluate(outputs, val.labels, spec.labels)
+    fp32 = ev.evaluate(outputs, val.labels, spec.labels, spec.task)
     calib = None
     if "int8" in options.precisions:
         cal = load_calibration(options.calib, spec, size=options.calib_size)
@@ -120,6 +130,7 @@ def prepare(model: str | Path, options: Any, *, log: Callable[[str], None], bund
     request = CompileRequest(
         model=Path(model), target=options.targets[0], output=bundles, spec=overrides, calib=options.calib,
         calib_size=options.calib_size, val=options.val, trust_model_code=options.trust_model_code,
+        calibration_percentile=options.calibration_percentile,
     )  # fmt: skip
     return Prepared(
         request=request,

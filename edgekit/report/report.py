@@ -1,5 +1,6 @@
-"""``run_report``: compile a model for every target x precision (x calibration method), measure each, and
-write report.json, report.csv, report.md and report.html into one folder.
+"""``report`` (the public entry, ``edgekit.report``) and ``run_report``: compile a model for every target x
+precision (x calibration method), measure each, and write report.json, report.csv, report.md and
+report.html into one folder.
 
 The folder holds ``bundles/<id>.edgekit`` and ``runs/<id>.json`` (one record a finished combination,
 written atomically), and the reports, rewritten after every combination. ``resume=True`` reuses every
@@ -10,55 +11,77 @@ device result belongs to one bundle).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit import request as rq
 from edgekit._version import __version__
 from edgekit.bundle.manifest import MANIFEST, bundle_hash
 from edgekit.errors import UsageError
 from edgekit.measure.machine import describe_machine, describe_software
-from edgekit.report import summary
+from edgekit.report import defaults, summary
 from edgekit.report.combination import Combination, run_combination, skipped
 from edgekit.report.estimate import FORMULA, GraphCost, best_of, host_hardware, validate
 from edgekit.report.merge import attach, load_bench_file
 from edgekit.report.prepare import Prepared, prepare
 from edgekit.report.progress import Progress
 from edgekit.report.writers import atomic_write, write_outputs
-from edgekit.request import CALIB_SIZE
 from edgekit.targets import CALIBRATION_METHODS, PRECISIONS, Target, get_target
 
 METHODS = CALIBRATION_METHODS
 
 
+# The fields a report shares with ``CompileRequest`` (same names, types, defaults and checks): every
+# combination's request carries them; ``edgekit report`` and ``edgekit compile`` share their flags.
+SHARED_FIELDS = (
+    "calib", "val", "calib_size", "calibration_percentile", "max_accuracy_drop", "min_agreement",
+    "budget_confidence", "spec", "name", "input_shape", "layout", "labels", "preprocess", "trust_model_code",
+)  # fmt: skip
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReportOptions:
-    """What to compile and measure. ``val`` is required; ``calib`` too when int8 is among the precisions."""
+    """What to compile and measure. ``val`` is required; ``calib`` too when int8 is among the precisions.
+
+    The fields of ``SHARED_FIELDS`` mean what ``CompileRequest``'s do (the same defaults and checks; a
+    ``max_accuracy_drop`` of "B%" is relative to FP32); ``targets`` x ``precisions`` (x ``calib_methods``
+    for int8) are the combinations; ``max_latency_ms`` and ``max_accuracy_drop`` drive the recommendations.
+    """
 
     val: Path
-    targets: tuple[str, ...] = ("cpu", "intel-cpu")
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    targets: tuple[str, ...] = defaults.TARGETS
+    precisions: tuple[str, ...] = defaults.PRECISIONS
     calib: Path | None = None
-    calib_size: int = CALIB_SIZE
-    calib_methods: tuple[str, ...] = ("default",)  # "default": each target's own calibration_method
-    spec: Path | None = None
+    calib_size: int = rq.CALIB_SIZE
+    calib_methods: tuple[str, ...] = defaults.CALIB_METHODS  # "default": each target's own calibration_method
+    calibration_percentile: float = rq.CALIBRATION_PERCENTILE
+    spec: str | Path | None = None
     labels: Path | None = None
     name: str | None = None
     input_shape: tuple[int, ...] | None = None
+    layout: str | None = None
+    preprocess: Mapping[str, Any] | None = None
     resume: bool = False
     merge: tuple[Path, ...] = ()
-    max_accuracy_drop: float | None = None
-    min_agreement: float | None = None
-    budget_confidence: float | None = None
+    max_accuracy_drop: str | float | None = None
+    min_agreement: str | float | None = None
+    budget_confidence: float = rq.BUDGET_CONFIDENCE
     max_latency_ms: float | None = None
-    bench_seconds: float = 1.0
+    bench_seconds: float = defaults.BENCH_SECONDS
     bench: bool = True
     trust_model_code: bool = False  # load TorchScript / a .pt2 whose loader runs code stored in it
 
     def __post_init__(self) -> None:
+        for key in ("targets", "precisions", "calib_methods", "merge"):
+            value = getattr(self, key)
+            object.__setattr__(self, key, (value,) if isinstance(value, (str, Path)) else tuple(value))
+        object.__setattr__(self, "merge", tuple(Path(m) for m in self.merge))
         for p in self.precisions:
             if p not in PRECISIONS:
                 raise UsageError(f"unknown precision '{p}'; choose from: {', '.join(PRECISIONS)}")
@@ -67,26 +90,75 @@ class ReportOptions:
                 raise UsageError(f"unknown calibration method '{m}'; choose from: default, {', '.join(METHODS)}")
         if not self.targets or not self.precisions or not self.calib_methods:
             raise UsageError("--targets, --precisions and --calib-methods each need at least one value")
-        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
-            raise UsageError(f"--max-accuracy-drop must be 0 or more points, not {self.max_accuracy_drop}")
-        if self.min_agreement is not None and not 0 <= self.min_agreement <= 100:
-            raise UsageError(f"--min-agreement must be a percentage from 0 to 100, not {self.min_agreement}")
-        if self.budget_confidence is not None and not 0.5 <= self.budget_confidence < 1:
-            raise UsageError(f"--budget-confidence must be from 0.5 to 0.999, not {self.budget_confidence:g}")
+        if self.budget_confidence is None:  # "not given", as before the default was CompileRequest's
+            object.__setattr__(self, "budget_confidence", rq.BUDGET_CONFIDENCE)
+        # the shared fields are checked (and normalized) by CompileRequest itself, so they mean the same
+        base = rq.CompileRequest(
+            model="model", target=self.targets[0], output="report", **{k: getattr(self, k) for k in SHARED_FIELDS}
+        )
+        for key in SHARED_FIELDS:
+            object.__setattr__(self, key, getattr(base, key))
+        object.__setattr__(self, "max_accuracy_drop", _number_text(self.max_accuracy_drop))
+        object.__setattr__(self, "min_agreement", _number_text(self.min_agreement))
         if self.max_latency_ms is not None and self.max_latency_ms <= 0:
             raise UsageError(f"--max-latency-ms must be positive, not {self.max_latency_ms}")
         if self.bench_seconds <= 0:
             raise UsageError(f"--bench-seconds must be positive, not {self.bench_seconds}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReportRequest(ReportOptions):
+    """One report: ``model`` (an ONNX/TorchScript/.pt2 path) over the combinations, written into ``output``."""
+
+    model: str | Path
+    output: Path
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "output", Path(self.output))
+
+    def replace(self, **changes: Any) -> ReportRequest:
+        """A copy with ``changes`` (``dataclasses.replace``); checked again."""
+        return dataclasses.replace(self, **changes)
+
+
+def _number_text(value: str | None) -> str | None:
+    """A budget as CompileRequest holds it ("1.5", "2%"), plain numbers written the short way ("1.0" -> "1")."""
+    if value is None:
+        return None
+    try:
+        return f"{float(value):g}"
+    except ValueError:
+        return value
+
+
+def report(request: ReportRequest | None = None, *, progress: bool = True, **fields: Any) -> dict[str, Any]:
+    """Compile ``model`` for every target x precision (x calibration method), measure each, and write
+    report.json, report.csv, report.md and report.html into ``output``; return the report.json document.
+
+    Give a ``ReportRequest``, or its fields as keywords: ``edgekit.report(model="m.onnx", output="rep/",
+    val="val/", calib="calib/", targets=("cpu",), precisions=("fp32", "int8"))``. ``progress`` prints one
+    line a step on stderr. The same as ``edgekit report`` with the same flags.
+    """
+    if request is None:
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ReportRequest)})
+        if unknown:
+            raise TypeError(f"report() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+        request = ReportRequest(**fields)
+    elif fields:
+        raise TypeError("report() takes a ReportRequest or its fields as keywords, not both")
+    return run_report(request.model, output=request.output, options=request, progress=progress)
+
+
 def compile_budget(options: ReportOptions) -> tuple[tuple[str, str], ...]:
     """The accuracy budget the int8 "-budget" combinations compile with: --min-agreement, else an explicit
     --max-accuracy-drop (which also drives the recommendations); none when neither flag was given."""
-    confidence = () if options.budget_confidence is None else (("budget_confidence", f"{options.budget_confidence:g}"),)
+    given = options.budget_confidence != rq.BUDGET_CONFIDENCE
+    confidence = (("budget_confidence", f"{options.budget_confidence:g}"),) if given else ()
     if options.min_agreement is not None:
-        return (("min_agreement", f"{options.min_agreement:g}"), *confidence)
+        return (("min_agreement", options.min_agreement), *confidence)
     if options.max_accuracy_drop is not None:
-        return (("max_accuracy_drop", f"{options.max_accuracy_drop:g}"), *confidence)
+        return (("max_accuracy_drop", options.max_accuracy_drop), *confidence)
     return ()
 
 
@@ -185,12 +257,17 @@ def run_report(
     The reports are rewritten after every combination, and once more if the run is interrupted, so an
     interrupted run leaves the outputs of what it finished.
     """
+    from edgekit.spec import spec_beside, spec_beside_note
+
     out = Path(output)
     targets = [get_target(t) for t in options.targets]
     combos = plan(targets, options)
+    bar = Progress(len(combos), enabled=progress)
+    if options.spec is None and (beside := spec_beside(model)) is not None:
+        bar.message(spec_beside_note(beside))
+        options = dataclasses.replace(options, spec=beside)
     bench_docs = [(Path(p), load_bench_file(p)) for p in options.merge]
     _check_output(out)
-    bar = Progress(len(combos), enabled=progress)
     prep = prepare(model, options, log=bar.message, bundles=out / "bundles")
     _make_output(out)
     records, keys = _records(out, prep, combos, options)
@@ -227,8 +304,6 @@ def run_report(
 
 
 def _estimator(cost: GraphCost, host: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    import dataclasses
-
     check = validate(cost, host, summary.measured_here(rows)) if host else {"rows": [], "summary": None}
     return {
         "formula": "latency = " + FORMULA,
@@ -236,6 +311,13 @@ def _estimator(cost: GraphCost, host: Any, rows: list[dict[str, Any]]) -> dict[s
         "host_ceilings": {k: v for k, v in dataclasses.asdict(host).items() if v} if host else None,
         "validation": check,
     }
+
+
+def _drop_points(options: ReportOptions, fp32_top1: float) -> float:
+    """--max-accuracy-drop in top-1 points: "B" is B points, "B%" is B% of the FP32 top-1."""
+    from edgekit.quantize.budget import Budget
+
+    return Budget.max_accuracy_drop(options.max_accuracy_drop).allowed_drop(fp32_top1)
 
 
 def document(
@@ -254,7 +336,7 @@ def document(
         if c.id in records
     ]
     summary.mark_pareto(rows)
-    max_drop = summary.DEFAULT_MAX_DROP if options.max_accuracy_drop is None else options.max_accuracy_drop
+    max_drop = summary.DEFAULT_MAX_DROP if options.max_accuracy_drop is None else _drop_points(options, fp32["top1"])
     names = list(dict.fromkeys(t.name for t in targets))
     return {
         "schema": summary.REPORT_SCHEMA,

@@ -5,10 +5,15 @@
 
 It runs bundles through ``edgekit.runtime`` only (numpy, OpenCV, one vendor runtime; never torch).
 Attributes load on first use, so importing this package (and ``edgekit --help``) stays fast.
+
+The package is callable: ``edgekit.serve(...)`` is ``edgekit.serve.daemon.serve(...)`` (a ``ServeConfig``,
+or its fields as keywords), so the public function and this package share one name.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from importlib import import_module
 from typing import Any
 
@@ -31,3 +36,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+class _CallablePackage(types.ModuleType):
+    """``edgekit.serve(...)`` calls the public ``serve`` function (imported on first call)."""
+
+    @property
+    def __wrapped__(self) -> Any:  # inspect.signature(edgekit.serve) and help() show the function's
+        return import_module("edgekit.serve.daemon").serve
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__wrapped__(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

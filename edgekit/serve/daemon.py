@@ -271,9 +271,20 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def serve(config: ServeConfig) -> int:
-    """Run the daemon in this process until SIGTERM or SIGINT; return the exit code."""
+def serve(config: ServeConfig | None = None, /, **fields: Any) -> int:
+    """Run the daemon in this process until SIGTERM or SIGINT; return the exit code.
+
+    Give a ``ServeConfig`` (``edgekit.serve.build_config`` makes one from a file and flags), or its fields as
+    keywords, which are checked the same way: ``edgekit.serve(bundle="m.edgekit", source="0", mqtt="mqtt://b/x")``
+    (``EDGEKIT_SERVE_TOKEN`` gives the token when none is given). The same as ``edgekit serve`` with the flags.
+    """
+    from edgekit.serve.config import build_config
     from edgekit.serve.server import RateLimitFilter
+
+    if config is None:
+        config = build_config(flag_values=fields)
+    elif fields:
+        raise TypeError("serve() takes a ServeConfig or its fields as keywords, not both")
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s edgekit-serve %(levelname)s %(message)s"))

@@ -1,0 +1,189 @@
+"""``inspect``: what a bundle holds, verified and summarised (``edgekit inspect`` prints it).
+
+    summary = edgekit.inspect("m.edgekit")            # verifies the schema and the sha256 of every file
+    print(summary.target, summary.precision, summary.accuracy)
+    print("\n".join(summary.lines()))
+
+``summary_lines(manifest)`` is the text ``edgekit inspect`` and ``edgekit compile`` print.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgekit.runtime.selftest import SelfTestResult
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    """A verified bundle: where it is, its hash, the main facts of its manifest, and the manifest itself.
+
+    ``selftest`` is the self-test result when ``inspect(..., check=True)`` loaded the bundle, else None.
+    """
+
+    path: Path
+    hash: str
+    model: str
+    task: str
+    target: str
+    device: str
+    backend: str
+    backend_version: str
+    precision: str
+    accuracy: dict[str, Any] | None
+    latency: dict[str, Any] | None
+    files: tuple[str, ...]
+    manifest: dict[str, Any]
+    selftest: SelfTestResult | None = None
+
+    def lines(self, *, brief: bool = False) -> list[str]:
+        """The text ``edgekit inspect`` prints (``brief``: the few lines ``edgekit compile`` prints)."""
+        header = f"bundle:       {self.path} (verified: schema and sha256 of every file; hash {self.hash[:16]}…)"
+        lines = [header, *summary_lines(self.manifest, brief=brief)]
+        if self.selftest is not None:
+            lines.append(self.selftest.describe())
+        return lines
+
+
+def inspect(path: str | Path, *, check: bool = False) -> BundleSummary:
+    """Verify the bundle at ``path`` (a folder or packed file) and summarise it; ``check`` also loads it and
+    runs its self-test (``BundleSummary.selftest``). Raises ``BundleError`` for a damaged bundle."""
+    from edgekit.bundle import open_bundle
+
+    opened = open_bundle(path)
+    try:
+        m = opened.manifest
+        summary = BundleSummary(
+            path=opened.path, hash=opened.hash, model=m["model"]["name"], task=m["model"]["task"],
+            target=m["target"]["name"], device=m["target"]["device"], backend=m["backend"]["name"],
+            backend_version=m["backend"]["version"], precision=m["precision"]["requested"],
+            accuracy=m.get("accuracy"), latency=m.get("latency"), files=tuple(m["files"]), manifest=m,
+        )  # fmt: skip
+    finally:
+        opened.close()
+    if not check:
+        return summary
+    import dataclasses
+
+    from edgekit.runtime import load_bundle
+
+    with load_bundle(path) as bundle:
+        return dataclasses.replace(summary, selftest=bundle.selftest_result)
+
+
+def _fmt_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _accuracy_lines(acc: dict[str, Any] | None) -> list[str]:
+    if not acc:
+        return ["accuracy:     not measured (compile with --val FOLDER)"]
+    if acc.get("value") is None:
+        return [f"accuracy:     agreement with FP32 {acc['agreement_with_fp32']:.2f}% on {acc['dataset']['images']} "
+                f"unlabelled images, measured with {acc['measured_with']}"]  # fmt: skip
+    return [
+        f"accuracy:     top-1 {acc['value']['top1']:.2f}% (FP32 {acc['fp32']['top1']:.2f}%, drop "
+        f"{acc['drop_points']:+.2f} points), top-5 {acc['value']['top5']:.2f}%, "
+        f"agreement with FP32 {acc['agreement_with_fp32']:.2f}%",
+        f"              on {acc['dataset']['images']} images, measured with {acc['measured_with']}",
+    ]
+
+
+def _latency_line(lat: dict[str, Any] | None) -> str:
+    if not lat or not lat.get("measured"):
+        return f"latency:      not measured here: {(lat or {}).get('note', 'no measurement')}"
+    return (
+        f"latency:      batch 1 p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms "
+        f"({lat['what']}, {lat['machine']})"
+    )
+
+
+def _build_plan_lines(plan: dict[str, Any] | None) -> list[str]:
+    """The TensorRT build plan (how the device builds its engine) and the equivalent trtexec line."""
+    if not plan:
+        return []
+    from edgekit.backends.tensorrt.build_plan import BuildPlan
+
+    settings, quant = BuildPlan.from_dict(plan).describe()
+    lines = [f"build plan:   {settings}", f"              {quant}", f"trtexec:      {plan['trtexec']}"]
+    if plan.get("trtexec_implicit"):
+        lines.append(f"              implicit INT8 (e.g. DLA): {plan['trtexec_implicit']}")
+    return lines
+
+
+def _budget_lines(b: dict[str, Any] | None) -> list[str]:
+    if not b:
+        return []
+
+    def fig(f: dict[str, Any]) -> str:
+        text = f"agreement {f['agreement_with_fp32']:.2f}%"
+        return text if f["top1"] is None else f"{text}, top-1 {f['top1']:.2f}% (drop {f['drop_points']:+.2f})"
+
+    margin = b.get("search_margin_points")
+    spare = "" if margin is None else f" (searched with {margin:.2f} points to spare, {b.get('confidence', 0.95):.0%})"
+    lines = [
+        f"budget:       {b['budget']['text']}: {'met' if b['met'] else 'NOT met on the check images'}{spare}",
+        f"              naive INT8 on {b['search_images']} search images: {fig(b['naive_int8_on_search'])}",
+        f"              with {len(b['layers_kept_in_higher_precision'])} of {b['quantized_layers']} layers in "
+        f"{b['higher_precision']}: {fig(b['on_search'])}",
+        f"              on {b['check_images']} check images the search never used: {fig(b['on_check'])}",
+        f"              search: {b['trial_builds']} trial builds in {b['search_seconds']} s, {b['measured_with']}",
+    ]
+    speed = b.get("batch1_latency")
+    if speed:
+        lines.append(
+            f"              batch 1: {speed['budgeted_ms']:.3f} ms, FP32 {speed['fp32_ms']:.3f} ms "
+            f"({speed['budgeted_speedup_vs_fp32']:.2f}x; naive INT8 {speed['naive_int8_speedup_vs_fp32']:.2f}x)"
+        )
+    return lines
+
+
+def summary_lines(m: dict[str, Any], *, brief: bool = False) -> list[str]:
+    t, pre, q = m["target"], m["preprocess"], m["quantization"]
+    lines = [
+        f"model:        {m['model']['name']} ({m['model']['task']}, from {m['model']['source']['format']} "
+        f"{m['model']['source']['file']})",
+        f"target:       {t['name']} ({m['backend']['name']} {m['backend']['version']}, device {t['device']})",
+        f"precision:    {m['precision']['requested']} (runs as: {m['precision']['inference']})",
+        *_accuracy_lines(m["accuracy"]),
+        _latency_line(m["latency"]),
+    ]
+    if brief:
+        return lines
+    inp = m["input"]
+    resize = pre["resize"] if isinstance(pre["resize"], int) else "x".join(map(str, pre["resize"] or []))
+    lines += [
+        f"input:        {inp['name']} {inp['shape']} {inp['layout']} {inp['dtype']}"
+        f"{' (dynamic batch)' if inp['dynamic_batch'] else ''}",
+        f"preprocess:   resize {resize or 'none'} ({pre['resize_mode']}), crop {pre['crop'] or 'none'}, "
+        f"{pre['color_order']}, x{pre['scale']:.6g}, mean {pre['mean']}, std {pre['std']}",
+        f"labels:       {len(m['labels'])}: {', '.join(m['labels'][:10])}{' ...' if len(m['labels']) > 10 else ''}",
+        f"output:       {m['postprocess']['output']} -> {m['postprocess']['activation']}, top-{m['postprocess']['top_k']}",
+    ]
+    if q:
+        cal = q.get("calibration", {})
+        lines += [
+            f"quantization: {q['recipe']} via {q['tool']}",
+            f"              activations {q['activations']}; weights {q['weights']}; "
+            f"calibration {q['calibration_method']} on {cal.get('images', '?')} images",
+            f"              layers kept in higher precision: {', '.join(q['layers_kept_in_higher_precision']) or 'none'}",
+        ]
+        lines += _budget_lines(q.get("budget"))
+    lines += _build_plan_lines(m["backend"].get("build_plan"))
+    st = m["selftest"]
+    lines.append(f"self-test:    {st['inputs']} {st['source']}, tolerance {st['tolerance']} ({st['check']})")
+    lines.append(f"edgekit:      {m['edgekit_version']}, schema {m['schema_version']}, created {m['created']}")
+    lines.append("files:")
+    lines += [f"  {name:<20} {_fmt_size(e['size']):>10}  sha256 {e['sha256'][:16]}…" for name, e in m["files"].items()]
+    lines += [f"note:         {note}" for note in m.get("notes", [])]
+    return lines
+
+
+__all__ = ["BundleSummary", "inspect", "summary_lines"]
