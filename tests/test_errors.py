@@ -142,6 +142,47 @@ def test_interrupt_is_not_an_internal_error(monkeypatch, capsys):
     assert capsys.readouterr().err == "edgekit: interrupted\n"
 
 
+def test_a_full_disk_is_one_line_not_a_bug(monkeypatch, capsys):
+    """ENOSPC (or a read-only or forbidden path) is the machine's state, not a bug: one line, exit 1."""
+    import errno
+
+    monkeypatch.delenv("EDGEKIT_DEBUG", raising=False)
+    command = _command(monkeypatch, OSError(errno.ENOSPC, "No space left on device", "out/m.edgekit"))
+    assert main([command]) == 1
+    assert capsys.readouterr().err == (
+        "edgekit: error: No space left on device: out/m.edgekit; free space on that disk or write somewhere else\n"
+    )
+    command = _command(monkeypatch, OSError(errno.EROFS, "Read-only file system", "/mnt/ro/report"))
+    assert main([command]) == 1
+    assert "that file system is read-only" in capsys.readouterr().err
+    # any other OSError is still a bug of edgekit's, with its traceback
+    command = _command(monkeypatch, OSError(errno.EBADF, "Bad file descriptor"))
+    assert main([command]) == INTERNAL_ERROR
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_stdout_to_a_full_device_and_to_a_closed_pipe():
+    """`edgekit targets > /dev/full` is one line and exit 1; `edgekit targets | head -0` (the reader gone
+    before edgekit writes) is silent, exit 141 as a shell reports SIGPIPE, with no traceback."""
+    import os
+    import subprocess
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "edgekit", "targets"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == "edgekit: error: No space left on device; free space on that disk or write somewhere else\n"
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before edgekit writes a byte
+    try:
+        done = subprocess.run([sys.executable, "-m", "edgekit", "targets"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == ""
+
+
 def _cut_causes(path: Path, root: Path = ROOT) -> list[str]:
     """`raise X from None` inside `except E as name:` (the nearest handler in the same function)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))

@@ -22,6 +22,7 @@ part of it.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -43,6 +44,16 @@ COMMANDS = {
 }
 
 INTERNAL_ERROR = 3  # exit status of a bug in edgekit (user errors are 1 and 2, Ctrl-C 130)
+SIGPIPE_EXIT = 141  # stdout's reader closed the pipe: the status a shell gives a process killed by SIGPIPE
+# Errors of the machine, not of edgekit or the input: one line and exit 1, with what to do.
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "free space on that disk or write somewhere else",
+    errno.EDQUOT: "free space within your disk quota or write somewhere else",
+    errno.EROFS: "that file system is read-only; write somewhere else",
+    errno.EACCES: "fix its permissions or choose a path you may use",
+    errno.EPERM: "fix its permissions or choose a path you may use",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+}
 DEBUG_ENV = "EDGEKIT_DEBUG"
 _DEBUG_HELP = f"on an error, also print the traceback with its causes (or set {DEBUG_ENV}=1)"
 _PRINT_API_HELP = (
@@ -82,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_api:
             print(args.api(args).source(), end="")
             return 0
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a full disk under a redirected stdout shows here, not after main returns
+        return code
+    except BrokenPipeError:
+        # The reader of stdout went away (`edgekit targets | head -1`): nothing is wrong, nothing more to say.
+        _silence_stdout()
+        return SIGPIPE_EXIT
     except EdgekitError as exc:
         if debug:
             _print_traceback(exc)
@@ -93,16 +110,39 @@ def main(argv: list[str] | None = None) -> int:
             _print_traceback(exc)
         print("edgekit: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        hint = _ENVIRONMENT_ERRORS.get(exc.errno or 0)
+        if hint is None:
+            return _internal_error(exc)
+        if debug:
+            _print_traceback(exc)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"edgekit: error: {exc.strerror or exc}{where}; {hint}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug in edgekit: keep the traceback for the report, say so on the last line
-        _print_traceback(exc)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        print(
-            f"edgekit: internal error: {what} (a bug in edgekit, not in your input; please report it with the "
-            "traceback above)",
-            file=sys.stderr,
-        )
-        return INTERNAL_ERROR
+        return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> int:
+    _print_traceback(exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    print(
+        f"edgekit: internal error: {what} (a bug in edgekit, not in your input; please report it with the "
+        "traceback above)",
+        file=sys.stderr,
+    )
+    return INTERNAL_ERROR
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is no file descriptor (an in-process caller's buffer): nothing to do
+        pass
 
 
 def _print_traceback(exc: BaseException) -> None:
