@@ -46,19 +46,20 @@ def build_engine(bundle: str | Path, *, cache_dir: str | Path | None = None, for
 
     opened = open_bundle(bundle)
     try:
-        backend = opened.manifest["backend"]["name"]
+        m = opened.typed_manifest
+        backend = m.backend.name
         if not registry.backend(backend).builds_engines:
             raise UsageError(
                 f"'{bundle}' is a {backend} bundle; build-engine builds TensorRT engines (bundles compiled "
                 "for a jetson-* target)"
             )
+        # the backend's runtime takes the manifest's JSON object (see edgekit.backends.base.Runtime)
         runtime = registry.backend(backend).build_engine(
             opened.root, opened.manifest, cache_dir=cache_dir, rebuild=force
         )
         try:
-            result = selftest.run(runtime.infer, opened.root, opened.manifest["selftest"],
-                                  tuple(opened.manifest["input"]["shape"]), source=str(bundle),
-                                  task=get_task(opened.manifest["model"]["task"]))  # fmt: skip
+            result = selftest.run(runtime.infer, opened.root, m.selftest, tuple(m.input.shape), source=str(bundle),
+                                  task=get_task(m.model.task))  # fmt: skip
             info = runtime.describe()
         finally:
             runtime.close()

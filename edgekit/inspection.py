@@ -9,17 +9,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from edgekit.bundle.types import Accuracy, Latency, Manifest
     from edgekit.runtime.selftest import SelfTestResult
 
 
 @dataclass(frozen=True)
 class BundleSummary:
-    """A verified bundle: where it is, its hash, the main facts of its manifest, and the manifest itself.
+    """A verified bundle: where it is, its hash, the main facts of its manifest, and the manifest itself
+    (``info``, typed, and ``manifest``, its JSON object).
 
     ``selftest`` is the self-test result when ``inspect(..., check=True)`` loaded the bundle, else None.
     """
@@ -37,12 +40,13 @@ class BundleSummary:
     latency: dict[str, Any] | None
     files: tuple[str, ...]
     manifest: dict[str, Any]
+    info: Manifest
     selftest: SelfTestResult | None = None
 
     def lines(self, *, brief: bool = False) -> list[str]:
         """The text ``edgekit inspect`` prints (``brief``: the few lines ``edgekit compile`` prints)."""
         header = f"bundle:       {self.path} (verified: schema and sha256 of every file; hash {self.hash[:16]}…)"
-        lines = [header, *summary_lines(self.manifest, brief=brief)]
+        lines = [header, *summary_lines(self.info, brief=brief)]
         if self.selftest is not None:
             lines.append(self.selftest.describe())
         return lines
@@ -55,12 +59,13 @@ def inspect(path: str | Path, *, check: bool = False) -> BundleSummary:
 
     opened = open_bundle(path)
     try:
-        m = opened.manifest
+        m = opened.typed_manifest
         summary = BundleSummary(
-            path=opened.path, hash=opened.hash, model=m["model"]["name"], task=m["model"]["task"],
-            target=m["target"]["name"], device=m["target"]["device"], backend=m["backend"]["name"],
-            backend_version=m["backend"]["version"], precision=m["precision"]["requested"],
-            accuracy=m.get("accuracy"), latency=m.get("latency"), files=tuple(m["files"]), manifest=m,
+            path=opened.path, hash=opened.hash, model=m.model.name, task=m.model.task, target=m.target.name,
+            device=m.target.device, backend=m.backend.name, backend_version=m.backend.version,
+            precision=m.precision.requested, accuracy=None if m.accuracy is None else m.accuracy.to_dict(),
+            latency=None if m.latency is None else m.latency.to_dict(), files=tuple(m.files),
+            manifest=opened.manifest, info=m,
         )  # fmt: skip
     finally:
         opened.close()
@@ -82,27 +87,25 @@ def _fmt_size(n: int) -> str:
     return str(n)
 
 
-def _accuracy_lines(acc: dict[str, Any] | None) -> list[str]:
-    if not acc:
+def _accuracy_lines(acc: Accuracy | None) -> list[str]:
+    if acc is None:
         return ["accuracy:     not measured (compile with --val FOLDER)"]
-    if acc.get("value") is None:
-        return [f"accuracy:     agreement with FP32 {acc['agreement_with_fp32']:.2f}% on {acc['dataset']['images']} "
-                f"unlabelled images, measured with {acc['measured_with']}"]  # fmt: skip
+    if acc.value is None:
+        return [f"accuracy:     agreement with FP32 {acc.agreement_with_fp32:.2f}% on {acc.dataset.images} "
+                f"unlabelled images, measured with {acc.measured_with}"]  # fmt: skip
     return [
-        f"accuracy:     top-1 {acc['value']['top1']:.2f}% (FP32 {acc['fp32']['top1']:.2f}%, drop "
-        f"{acc['drop_points']:+.2f} points), top-5 {acc['value']['top5']:.2f}%, "
-        f"agreement with FP32 {acc['agreement_with_fp32']:.2f}%",
-        f"              on {acc['dataset']['images']} images, measured with {acc['measured_with']}",
+        f"accuracy:     top-1 {acc.value.top1:.2f}% (FP32 {acc.fp32.top1:.2f}%, drop "
+        f"{acc.drop_points:+.2f} points), top-5 {acc.value.top5:.2f}%, "
+        f"agreement with FP32 {acc.agreement_with_fp32:.2f}%",
+        f"              on {acc.dataset.images} images, measured with {acc.measured_with}",
     ]
 
 
-def _latency_line(lat: dict[str, Any] | None) -> str:
-    if not lat or not lat.get("measured"):
-        return f"latency:      not measured here: {(lat or {}).get('note', 'no measurement')}"
-    return (
-        f"latency:      batch 1 p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms "
-        f"({lat['what']}, {lat['machine']})"
-    )
+def _latency_line(lat: Latency | None) -> str:
+    if lat is None or not lat.measured:
+        note = "no measurement" if lat is None or lat.note is None else lat.note
+        return f"latency:      not measured here: {note}"
+    return f"latency:      batch 1 p50 {lat.p50_ms:.3f} ms, p90 {lat.p90_ms:.3f} ms ({lat.what}, {lat.machine})"
 
 
 def _build_plan_lines(plan: dict[str, Any] | None) -> list[str]:
@@ -145,45 +148,55 @@ def _budget_lines(b: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def summary_lines(m: dict[str, Any], *, brief: bool = False) -> list[str]:
-    t, pre, q = m["target"], m["preprocess"], m["quantization"]
+def summary_lines(m: Manifest | Mapping[str, Any], *, brief: bool = False) -> list[str]:
+    """The summary of a manifest (typed, or the JSON object of a complete manifest, which is validated)."""
+    from edgekit.bundle.types import Manifest
+
+    if not isinstance(m, Manifest):
+        m = Manifest.from_dict(dict(m))
+    t, pre, q = m.target, m.preprocess, m.quantization
     lines = [
-        f"model:        {m['model']['name']} ({m['model']['task']}, from {m['model']['source']['format']} "
-        f"{m['model']['source']['file']})",
-        f"target:       {t['name']} ({m['backend']['name']} {m['backend']['version']}, device {t['device']})",
-        f"precision:    {m['precision']['requested']} (runs as: {m['precision']['inference']})",
-        *_accuracy_lines(m["accuracy"]),
-        _latency_line(m["latency"]),
+        f"model:        {m.model.name} ({m.model.task}, from {m.model.source.format} {m.model.source.file})",
+        f"target:       {t.name} ({m.backend.name} {m.backend.version}, device {t.device})",
+        f"precision:    {m.precision.requested} (runs as: {m.precision.inference})",
+        *_accuracy_lines(m.accuracy),
+        _latency_line(m.latency),
     ]
     if brief:
         return lines
-    inp = m["input"]
-    resize = pre["resize"] if isinstance(pre["resize"], int) else "x".join(map(str, pre["resize"] or []))
+    inp = m.input
+    resize = pre.resize if isinstance(pre.resize, int) else "x".join(map(str, pre.resize or []))
+    crop = list(pre.crop) if pre.crop else "none"
     lines += [
-        f"input:        {inp['name']} {inp['shape']} {inp['layout']} {inp['dtype']}"
-        f"{' (dynamic batch)' if inp['dynamic_batch'] else ''}",
-        f"preprocess:   resize {resize or 'none'} ({pre['resize_mode']}), crop {pre['crop'] or 'none'}, "
-        f"{pre['color_order']}, x{pre['scale']:.6g}, mean {pre['mean']}, std {pre['std']}",
-        f"labels:       {len(m['labels'])}: {', '.join(m['labels'][:10])}{' ...' if len(m['labels']) > 10 else ''}",
-        f"output:       {m['postprocess']['output']} -> {m['postprocess']['activation']}, top-{m['postprocess']['top_k']}",
+        f"input:        {inp.name} {list(inp.shape)} {inp.layout} {inp.dtype}"
+        f"{' (dynamic batch)' if inp.dynamic_batch else ''}",
+        f"preprocess:   resize {resize or 'none'} ({pre.resize_mode}), crop {crop}, "
+        f"{pre.color_order}, x{pre.scale:.6g}, mean {_listed(pre.mean)}, std {_listed(pre.std)}",
+        f"labels:       {len(m.labels)}: {', '.join(m.labels[:10])}{' ...' if len(m.labels) > 10 else ''}",
+        f"output:       {m.postprocess.output} -> {m.postprocess.activation}, top-{m.postprocess.top_k}",
     ]
-    if q:
-        cal = q.get("calibration", {})
+    if q is not None:
+        images = "?" if q.calibration is None or q.calibration.images is None else q.calibration.images
         lines += [
-            f"quantization: {q['recipe']} via {q['tool']}",
-            f"              activations {q['activations']}; weights {q['weights']}; "
-            f"calibration {q['calibration_method']} on {cal.get('images', '?')} images",
-            f"              layers kept in higher precision: {', '.join(q['layers_kept_in_higher_precision']) or 'none'}",
+            f"quantization: {q.recipe} via {q.tool}",
+            f"              activations {q.activations}; weights {q.weights}; "
+            f"calibration {q.calibration_method} on {images} images",
+            f"              layers kept in higher precision: {', '.join(q.layers_kept_in_higher_precision) or 'none'}",
         ]
-        lines += _budget_lines(q.get("budget"))
-    lines += _build_plan_lines(m["backend"].get("build_plan"))
-    st = m["selftest"]
-    lines.append(f"self-test:    {st['inputs']} {st['source']}, tolerance {st['tolerance']} ({st['check']})")
-    lines.append(f"edgekit:      {m['edgekit_version']}, schema {m['schema_version']}, created {m['created']}")
+        lines += _budget_lines(q.budget)
+    lines += _build_plan_lines(m.backend.build_plan)
+    st = m.selftest
+    lines.append(f"self-test:    {st.inputs} {st.source}, tolerance {st.tolerance} ({st.check})")
+    lines.append(f"edgekit:      {m.edgekit_version}, schema {m.schema_version}, created {m.created}")
     lines.append("files:")
-    lines += [f"  {name:<20} {_fmt_size(e['size']):>10}  sha256 {e['sha256'][:16]}…" for name, e in m["files"].items()]
-    lines += [f"note:         {note}" for note in m.get("notes", [])]
+    lines += [f"  {name:<20} {_fmt_size(e.size):>10}  sha256 {e.sha256[:16]}…" for name, e in m.files.items()]
+    lines += [f"note:         {note}" for note in m.notes or ()]
     return lines
+
+
+def _listed(values: tuple[Any, ...] | None) -> list[Any] | None:
+    """A tuple of the typed manifest printed as its JSON list was (``[0.5, 0.5, 0.5]``)."""
+    return None if values is None else list(values)
 
 
 __all__ = ["BundleSummary", "inspect", "summary_lines"]

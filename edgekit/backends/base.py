@@ -93,7 +93,13 @@ class NoOptions:
 
 
 class Runtime(ABC):
-    """A loaded model, ready to run batches of preprocessed input."""
+    """A loaded model, ready to run batches of preprocessed input.
+
+    ``manifest`` is the manifest's JSON object, not the typed ``edgekit.bundle.Manifest``: the pipeline also
+    builds runtimes at compile time (accuracy, latency, self-test outputs) from the manifest it is still
+    writing, before ``selftest`` and ``files`` exist, so it cannot be a complete, validated ``Manifest`` yet.
+    A loaded bundle passes ``OpenBundle.manifest`` (``typed_manifest.to_dict()``).
+    """
 
     backend: str = ""
 

@@ -37,7 +37,8 @@ class OpenBundle:
     """A verified bundle on disk. ``close()`` removes the extraction folder of a packed bundle.
 
     ``typed_manifest`` is the validated, typed manifest; ``manifest`` is its JSON object
-    (``typed_manifest.to_dict()``), which the runtime, the daemon and the CLI still read by key.
+    (``typed_manifest.to_dict()``), which a backend's ``Runtime`` takes (see ``edgekit.backends.base.Runtime``)
+    and which older callers read by key; edgekit's own readers use ``typed_manifest``.
     """
 
     path: Path

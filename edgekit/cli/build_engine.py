@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     opened = open_bundle(args.bundle)  # the backend check, before the API call loads TensorRT
     try:
-        backend = opened.manifest["backend"]["name"]
+        backend = opened.typed_manifest.backend.name
         if not registry.backend(backend).builds_engines:
             raise UsageError(
                 f"'{args.bundle}' is a {backend} bundle; build-engine builds TensorRT engines (bundles compiled "

@@ -118,19 +118,18 @@ def encoded_image(path: Path | None) -> tuple[bytes, str]:
 
 def identity(bundle: Any) -> dict[str, Any]:
     """What a report matches a bench result against: the bundle hash, its model and its target."""
-    m = bundle.manifest
-    quant = m.get("quantization") or {}
+    m = bundle.info
     return {
         "path": str(bundle.path),
         "hash": bundle.hash,
-        "created": m["created"],
-        "model": m["model"]["name"],
-        "model_sha256": m["model"]["source"]["sha256"],
-        "target": m["target"]["name"],
-        "backend": m["backend"]["name"],
+        "created": m.created,
+        "model": m.model.name,
+        "model_sha256": m.model.source.sha256,
+        "target": m.target.name,
+        "backend": m.backend.name,
         "device": bundle.runtime.device,
-        "precision": m["precision"]["requested"],
-        "calibration_method": quant.get("calibration_method"),
+        "precision": m.precision.requested,
+        "calibration_method": None if m.quantization is None else m.quantization.calibration_method,
     }
 
 

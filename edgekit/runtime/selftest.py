@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit.bundle.types import Selftest
 from edgekit.tasks.base import Task
 
 SELFTEST_FILE = "selftest.npz"
@@ -43,10 +45,21 @@ def save(path: Path, inputs: np.ndarray, expected: np.ndarray) -> None:
 MAX_SELFTEST_BYTES = 256 << 20  # the stored inputs and outputs of a handful of images
 
 
+def _typed(entry: Selftest | Mapping[str, Any]) -> Selftest:
+    """The manifest's ``selftest`` record, typed: a ``Selftest`` as is, or the JSON object of a validated manifest."""
+    return entry if isinstance(entry, Selftest) else Selftest.CHECK.build(dict(entry))
+
+
 def load(
-    bundle_dir: Path, entry: dict[str, Any], input_shape: tuple[int, ...] | None = None, *, source: str = "bundle"
+    bundle_dir: Path,
+    entry: Selftest | Mapping[str, Any],
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    source: str = "bundle",
 ):
     """The stored (inputs, expected), checked: numeric arrays, one expected row per input, the model's input.
+
+    ``entry`` is the manifest's ``selftest`` record (a ``Selftest``, or its JSON object).
 
     The file is an .npz (a zip): its members' declared sizes are checked before numpy reads them, and
     pickled objects are refused. Anything wrong is a BundleError naming ``selftest.file``.
@@ -55,7 +68,8 @@ def load(
 
     from edgekit.errors import BundleError
 
-    name = entry["file"]
+    entry = _typed(entry)
+    name = entry.file
 
     def bad(why: str) -> BundleError:
         return BundleError(
@@ -81,14 +95,14 @@ def load(
         raise bad("holds non-numeric arrays")
     if expected.ndim != 2 or inputs.ndim < 1 or len(inputs) != len(expected) or len(inputs) < 1:
         raise bad(f"has inputs {inputs.shape} and expected outputs {expected.shape}, not one output row per input")
-    if len(inputs) != entry["inputs"]:
-        raise bad(f"holds {len(inputs)} inputs, but manifest field 'selftest.inputs' says {entry['inputs']}")
+    if len(inputs) != entry.inputs:
+        raise bad(f"holds {len(inputs)} inputs, but manifest field 'selftest.inputs' says {entry.inputs}")
     if input_shape is not None and tuple(inputs.shape[1:]) != tuple(input_shape[1:]):
         raise bad(f"has inputs of shape {tuple(inputs.shape[1:])}, but the model takes {tuple(input_shape[1:])}")
     return inputs, expected
 
 
-def run(infer, bundle_dir: Path, entry: dict[str, Any], input_shape: tuple[int, ...] | None = None, *,
+def run(infer, bundle_dir: Path, entry: Selftest | Mapping[str, Any], input_shape: tuple[int, ...] | None = None, *,
         source: str = "bundle", task: Task | None = None) -> SelfTestResult:  # fmt: skip
     """Run the stored inputs through ``infer`` one at a time and compare with the expected outputs: the
     normalised error, and ``task``'s own check (a classifier's top-1; classification when not given).
@@ -99,7 +113,7 @@ def run(infer, bundle_dir: Path, entry: dict[str, Any], input_shape: tuple[int, 
     from edgekit.tasks import get_task
 
     task = task or get_task("classification")
-
+    entry = _typed(entry)
     inputs, expected = load(bundle_dir, entry, input_shape, source=source)
     try:
         outputs = np.concatenate([np.asarray(infer(inputs[i : i + 1])) for i in range(len(inputs))])
@@ -112,7 +126,7 @@ def run(infer, bundle_dir: Path, entry: dict[str, Any], input_shape: tuple[int, 
             f"{source}: the self-test could not run the bundle's model ({reason}); the bundle is damaged or was "
             "tampered with, recompile it"
         ) from exc
-    tol = float(entry["tolerance"])
+    tol = float(entry.tolerance)
     if outputs.shape != expected.shape:
         return SelfTestResult(False, len(inputs), float("inf"), tol, len(inputs), task.mismatch_name)
     errors = normalised_error(outputs, expected.astype(np.float32))

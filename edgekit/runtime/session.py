@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 
 from edgekit import registry
 from edgekit.bundle.reader import OpenBundle, open_bundle
+from edgekit.bundle.types import Manifest
 from edgekit.errors import BundleError, EdgekitError, UsageError
 from edgekit.runtime import selftest
 from edgekit.runtime.preprocess import preprocess, read_image
@@ -19,47 +21,50 @@ from edgekit.tasks.base import Task, TaskResult
 from edgekit.tasks.classification import Prediction, probabilities
 
 ImageLike = str | Path | np.ndarray
+PREPROCESS_FIELDS = tuple(f.name for f in dataclasses.fields(PreprocessSpec))
 
 __all__ = ["Bundle", "ImageLike", "Prediction", "load_bundle"]
 
 
 class Bundle:
-    """A verified, loaded bundle. Use ``load_bundle(path)``; close it (or use ``with``) when done."""
+    """A verified, loaded bundle. Use ``load_bundle(path)``; close it (or use ``with``) when done.
+
+    ``info`` is the typed manifest (``edgekit.bundle.Manifest``), which the bundle reads: ``b.info.model.task``,
+    ``b.info.input.shape``. ``manifest`` is the same manifest as its JSON object (``info.to_dict()``), kept for
+    compatibility with code that reads it by key; the backend runtime is given it too (see ``Runtime``).
+    """
 
     def __init__(self, opened: OpenBundle, *, device: str | None = None, run_selftest: bool = True) -> None:
         self._opened = opened
         self.path = opened.path
-        self.manifest = opened.manifest
+        self.info: Manifest = opened.typed_manifest
+        self.manifest: dict[str, Any] = opened.manifest
         self.hash = opened.hash
-        m = self.manifest
-        why = unsupported(m["model"]["task"])
+        m = self.info
+        why = unsupported(m.model.task)
         if why is not None:
             raise BundleError(
                 f"{self.path}: manifest field 'model.task': {why}; this edgekit cannot run the bundle "
                 "(recompile it, or run it with the edgekit that built it)"
             )
-        self.task: Task = get_task(m["model"]["task"])
-        self.input = InputSpec(
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in m["input"].items()
-                if k in ("name", "shape", "layout", "dtype")
-            }
-        )
-        self.preprocess_spec = PreprocessSpec(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in m["preprocess"].items()}
-        )
-        self.labels: list[str] = list(m["labels"])
-        self.output_kind: str = m["postprocess"].get("output", "logits")
-        runtime_cls = registry.backend(m["backend"]["name"]).runtime_class()
+        self.task: Task = get_task(m.model.task)
+        self.input = InputSpec(name=m.input.name, shape=tuple(m.input.shape), layout=m.input.layout,
+                               dtype=m.input.dtype)  # fmt: skip
+        pre = m.preprocess
+        given = {f: getattr(pre, f) for f in PREPROCESS_FIELDS if getattr(pre, f) is not None}
+        self.preprocess_spec = PreprocessSpec(**given)
+        self.labels: list[str] = list(m.labels)
+        self.output_kind: str = m.postprocess.output or "logits"
+        self._postprocess: dict[str, Any] = m.postprocess.to_dict()  # what the task's decode reads
+        runtime_cls = registry.backend(m.backend.name).runtime_class()
         try:
-            self.runtime = runtime_cls(opened.root, m, device=device)
+            self.runtime = runtime_cls(opened.root, self.manifest, device=device)
         except EdgekitError:
             raise
         except Exception as exc:  # the vendor runtime refused the bundle's (checksummed) model file
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise BundleError(
-                f"{self.path}: the {m['backend']['name']} runtime cannot load '{m['backend']['model_file']}' "
+                f"{self.path}: the {m.backend.name} runtime cannot load '{m.backend.model_file}' "
                 f"({reason}); the bundle is damaged or was tampered with, recompile it"
             ) from exc
         self.selftest_result: selftest.SelfTestResult | None = None
@@ -85,9 +90,8 @@ class Bundle:
 
     # -- running
     def self_test(self) -> selftest.SelfTestResult:
-        m = self.manifest
-        return selftest.run(self.infer, self._opened.root, m["selftest"], self.input.shape, source=str(self.path),
-                            task=self.task)  # fmt: skip
+        return selftest.run(self.infer, self._opened.root, self.info.selftest, self.input.shape,
+                            source=str(self.path), task=self.task)  # fmt: skip
 
     @property
     def static_batch(self) -> int | None:
@@ -116,7 +120,7 @@ class Bundle:
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """A classifier's class probabilities of raw outputs (softmax of logits, unless it gives probabilities)."""
-        return probabilities(outputs, self.manifest["postprocess"])
+        return probabilities(outputs, self._postprocess)
 
     def predict(self, image: ImageLike, *, top_k: int = 5, color_order: str = "RGB") -> TaskResult:
         """The result of one image (a path, or an HWC uint8 array in ``color_order``); for a classifier, a
@@ -131,7 +135,7 @@ class Bundle:
 
     def postprocess(self, outputs: np.ndarray, *, top_k: int = 5) -> list[TaskResult]:
         """Raw outputs of a batch -> one result per input, decoded by the bundle's task."""
-        return self.task.decode(outputs, self.manifest["postprocess"], self.labels, top_k=top_k)
+        return self.task.decode(outputs, self._postprocess, self.labels, top_k=top_k)
 
     def describe(self) -> dict[str, Any]:
         return self.runtime.describe()

@@ -48,22 +48,22 @@ class Inference:
 
 def summary(bundle: Bundle) -> dict[str, Any]:
     """The parts of a bundle's manifest a client of the daemon needs."""
-    m = bundle.manifest
+    m = bundle.info
     st = bundle.selftest_result
     return {
         "bundle_hash": bundle.hash,
         "path": str(bundle.path),
-        "model": {"name": m["model"]["name"], "task": m["model"]["task"]},
+        "model": {"name": m.model.name, "task": m.model.task},
         "labels": list(bundle.labels),
-        "input": m["input"],
-        "preprocess": m["preprocess"],
-        "target": {"name": m["target"]["name"], "device": m["target"]["device"]},
-        "backend": m["backend"].get("name"),
+        "input": m.input.to_dict(),
+        "preprocess": m.preprocess.to_dict(),
+        "target": {"name": m.target.name, "device": m.target.device},
+        "backend": m.backend.name,
         "runtime": bundle.describe(),
-        "precision": m["precision"],
-        "accuracy": m.get("accuracy"),
+        "precision": m.precision.to_dict(),
+        "accuracy": None if m.accuracy is None else m.accuracy.to_dict(),
         "selftest": None if st is None else {"passed": st.passed, "summary": st.describe()},
-        "edgekit_version": m.get("edgekit_version"),
+        "edgekit_version": m.edgekit_version,
     }
 
 
@@ -100,8 +100,8 @@ class Engine:
         with self._lock:
             bundle = self.bundle
             if bundle is not prepared.bundle and (
-                bundle.manifest["preprocess"] != prepared.bundle.manifest["preprocess"]
-                or bundle.manifest["input"] != prepared.bundle.manifest["input"]
+                bundle.info.preprocess != prepared.bundle.info.preprocess
+                or bundle.info.input != prepared.bundle.info.input
             ):
                 raise StaleInput("the bundle was reloaded with other preprocessing while the image was decoded")
             start = time.perf_counter()
