@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support import LABELS, SAMPLE, tiny_module
+from support import CIFAR_SPEC, LABELS, SAMPLE, tiny_module
 
 # The tests check what a user sees by default (one line, no traceback); a developer's EDGEKIT_DEBUG=1
 # would add tracebacks to every CLI run they start.
@@ -45,3 +45,15 @@ def small_val(tmp_path_factory) -> Path:
         for src in sorted((SAMPLE / "test" / label).iterdir())[:20]:
             (root / label / src.name).write_bytes(src.read_bytes())
     return root
+
+
+@pytest.fixture(scope="session")
+def trt_int8_bundle(tiny_onnx, tmp_path_factory) -> Path:
+    """tiny_onnx compiled for jetson-orin-nano in int8 (ONNX Q/DQ, calibration cache and build plan); compiled
+    once for every test that reads such a bundle (tests copy it before changing it)."""
+    import edgekit
+
+    out = tmp_path_factory.mktemp("trt-int8") / "trt.edgekit"
+    edgekit.compile_model(tiny_onnx, target="jetson-orin-nano", precision="int8", output=out, spec=dict(CIFAR_SPEC),
+                          labels=LABELS, calib=SAMPLE / "calib")  # fmt: skip
+    return out

@@ -83,3 +83,14 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgekit"]
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout)
+
+
+def json_paths(value, prefix=()):
+    """Every path (tuple of keys / indexes) in a JSON value, the root (``()``) included."""
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from json_paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from json_paths(v, (*prefix, i))

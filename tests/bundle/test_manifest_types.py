@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serve.serve_support import serve_bundle, serve_bundle_ov  # noqa: F401
-from support import CIFAR_SPEC, LABELS, SAMPLE
+from support import CIFAR_SPEC, LABELS, SAMPLE, json_paths
 
 import edgekit
 from edgekit.bundle import Manifest, manifest_schema, open_bundle
@@ -34,11 +34,8 @@ TAMPERED = "the bundle is damaged or was tampered with, recompile it"
 
 
 @pytest.fixture(scope="module")
-def trt_int8(tiny_onnx, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("types") / "trt.edgekit"
-    edgekit.compile_model(tiny_onnx, target="jetson-orin-nano", precision="int8", output=out, spec=dict(CIFAR_SPEC),
-                          labels=LABELS, calib=SAMPLE / "calib")  # fmt: skip
-    return out
+def trt_int8(trt_int8_bundle) -> Path:
+    return trt_int8_bundle
 
 
 @pytest.fixture(scope="module")
@@ -253,24 +250,13 @@ json_values = st.recursive(
 )  # fmt: skip
 
 
-def _paths(value, prefix=()):
-    if prefix:
-        yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _paths(v, (*prefix, i))
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_from_dict_raises_only_bundle_errors_and_round_trips_what_it_accepts(texts, data):
     original = json.loads(texts[data.draw(st.sampled_from(sorted(texts)))])
     m = copy.deepcopy(original)
     for _ in range(data.draw(st.integers(1, 2))):
-        path = data.draw(st.sampled_from(list(_paths(m))))
+        path = data.draw(st.sampled_from([p for p in json_paths(m) if p]))  # not the root
         parent = m
         for key in path[:-1]:
             parent = parent[key]

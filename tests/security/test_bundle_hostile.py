@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from serve.serve_support import free_port, serve_bundle, serve_bundle_ov, write_video  # noqa: F401
-from support import CIFAR_SPEC, LABELS, SAMPLE, run_cli, tiny_module
+from support import SAMPLE, run_cli, tiny_module
 
 import edgekit
 from edgekit.bundle.manifest import MANIFEST, file_entry
@@ -39,11 +39,8 @@ def ov_bundle(serve_bundle_ov) -> Path:  # noqa: F811
 
 
 @pytest.fixture(scope="session")
-def trt_bundle(tiny_onnx, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("hostile") / "trt.edgekit"
-    edgekit.compile_model(tiny_onnx, target="jetson-orin-nano", precision="int8", output=out, spec=dict(CIFAR_SPEC),
-                          labels=LABELS, calib=SAMPLE / "calib")  # fmt: skip
-    return out
+def trt_bundle(trt_int8_bundle) -> Path:
+    return trt_int8_bundle
 
 
 @pytest.fixture(scope="session")

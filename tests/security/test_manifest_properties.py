@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serve.serve_support import compile_tiny
-from support import run_cli
+from support import json_paths, run_cli
 
 import edgekit
 from edgekit.bundle import open_bundle
@@ -43,23 +43,12 @@ def real_manifest(real_bundle) -> dict:
     return json.loads((real_bundle / MANIFEST).read_text())
 
 
-def _paths(value, prefix=()):
-    """Every path (tuple of keys / indexes) in a JSON value, the root included."""
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _paths(v, (*prefix, i))
-
-
 @st.composite
 def mutated(draw, manifest: dict) -> dict:
     """A real manifest with one to three subtrees replaced by arbitrary JSON, deleted, or set to a sibling's name."""
     m = copy.deepcopy(manifest)
     for _ in range(draw(st.integers(1, 3))):
-        paths = [p for p in _paths(m) if p]
+        paths = [p for p in json_paths(m) if p]
         path = draw(st.sampled_from(paths))
         parent = m
         for key in path[:-1]:
@@ -148,7 +137,7 @@ def test_inspect_of_mutated_manifests_never_prints_a_traceback(real_bundle, real
     rng = random.Random(seed)
     m = copy.deepcopy(real_manifest)
     for _ in range(3):
-        path = rng.choice([p for p in _paths(m) if len(p) >= 2])
+        path = rng.choice([p for p in json_paths(m) if len(p) >= 2])
         parent = m
         for key in path[:-1]:
             parent = parent[key]
