@@ -16,11 +16,12 @@ from edgekit import spec as specs
 from edgekit._version import __version__
 from edgekit.backends.base import CompileInput, CompileResult
 from edgekit.bundle import SCHEMA_VERSION, BundleWriter
-from edgekit.errors import UsageError
+from edgekit.errors import EdgekitError, ModelError, UsageError
 from edgekit.frontends import LoadedModel, load_model
 from edgekit.imagesets import ImageSet, class_folders, load_calibration, load_labelled, load_unlabelled
 from edgekit.measure import evaluate as ev
 from edgekit.measure.latency import measure
+from edgekit.quantize import onnxruntime_qdq
 from edgekit.quantize.budget import Budget
 from edgekit.request import INT8_DROP_WARNING, CompileRequest
 from edgekit.runtime import selftest
@@ -343,6 +344,9 @@ def _prepare(request: CompileRequest, log: Log) -> _Prepared:
     log(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
     loaded = load_model(model, input_shape=overrides["input"].get("shape"), trust_model_code=request.trust_model_code)
     model_spec = _resolve_spec(loaded, overrides, request.val, target)
+    if _dynamic_size(loaded.input):
+        h, w = model_spec.input.hw
+        log(f"the model's input has a dynamic height and width; compiling, calibrating and measuring it at {h}x{w}")
     reference, num_classes = reference_session(loaded, model_spec)
     if model_spec.labels and len(model_spec.labels) != num_classes:
         raise UsageError(
@@ -359,6 +363,12 @@ def _prepare(request: CompileRequest, log: Log) -> _Prepared:
         reference=reference, num_classes=num_classes, calibration=calibration,
         val_set=_validation(request.val, model_spec, budget),
     )  # fmt: skip
+
+
+def _dynamic_size(model_input: dict[str, Any]) -> bool:
+    """Whether the model leaves its input's height or width open (the spec then fixes it)."""
+    shape, layout = tuple(model_input["shape"]), model_input["layout"]
+    return min(shape[2:4] if layout == "NCHW" else shape[1:3]) <= 0
 
 
 def _budget(request: CompileRequest, precision: str) -> Budget | None:
@@ -457,15 +467,17 @@ def _build(job: _Prepared) -> CompiledBundle:
     with BundleWriter(job.request.output, pack=job.request.pack) as writer:
         job.log(f"compiling for {job.target.name} ({job.target.backend} {job.target.device}, {job.precision})")
         manifest = job.compile_into(writer.staging, excluded)
+        warnings += onnxruntime_qdq.preparation_notes(manifest["quantization"])
         warnings += _record_calibration(manifest, job.calibration)
         if budget_record is not None:
             manifest["quantization"]["budget"] = budget_record
         runtime_cls, simulated = _eval_runtime(job.target, on_target)
-        runtime = runtime_cls(writer.staging, manifest, device=device)
+        runtime = _load_runtime(runtime_cls, writer.staging, manifest, device, job)
         try:
             warnings += _measure(job, runtime, manifest, writer.staging, measured_with, on_target, simulated)
         finally:
             runtime.close()
+        warnings += _int8_speed_check(job, manifest, runtime_cls, device, writer.staging)
         if not on_target:
             warnings.append(
                 f"{job.target.name}: the device is not present on this machine, so latency is not "
@@ -474,6 +486,88 @@ def _build(job: _Prepared) -> CompiledBundle:
         manifest["notes"] += warnings
         path = writer.commit(manifest)
     return CompiledBundle(path=path, manifest=manifest, warnings=warnings)
+
+
+# Errors that mean a bug in edgekit's own code, not a backend refusing the model: they stay internal errors.
+_BUG_ERRORS = (TypeError, AttributeError, KeyError, NameError, IndexError, AssertionError)
+
+
+def _load_runtime(runtime_cls: type, staging: Path, manifest: dict[str, Any], device: str | None, job: _Prepared):
+    """The runtime on the bundle just written; a backend's refusal to load it is one line with what to do."""
+    try:
+        return runtime_cls(staging, manifest, device=device)
+    except (EdgekitError, *_BUG_ERRORS):
+        raise
+    except Exception as exc:
+        text = str(exc).strip()
+        first = (text.splitlines()[0] if text else type(exc).__name__)[:300]
+        fix = (
+            onnxruntime_qdq.explain(exc)
+            if job.precision == "int8"
+            else "re-export the model at opset 13 or newer, or try another precision or target"
+        )
+        raise ModelError(
+            f"the {job.precision} model edgekit compiled for {job.target.name} does not load in "
+            f"{job.target.backend} ({type(exc).__name__}: {first}); {fix}"
+        ) from exc
+
+
+# INT8 is reported as slower than FP32 when its median latency is above FP32's by more than this fraction:
+# on a shared machine a few percent is noise, not a finding.
+INT8_SLOWER_TOLERANCE = 0.05
+# Both are timed in the same rounds, interleaved (FP32, INT8, FP32, ...), so drift in the machine's load hits
+# both alike; the median of the rounds' medians is compared. A check, not the bundle's latency figure.
+SPEED_CHECK_ROUNDS = 3
+SPEED_CHECK_TIMING = {"warmup": 5, "min_runs": 20, "seconds": 0.1}
+
+
+def int8_slower_warning(int8_ms: float, fp32_ms: float, target: str, *, runs: int | None = None) -> str | None:
+    """The warning when INT8's median latency (``int8_ms``) is above FP32's (``fp32_ms``) on ``target`` by
+    more than ``INT8_SLOWER_TOLERANCE``; None when INT8 is as fast or faster."""
+    if fp32_ms <= 0 or int8_ms <= fp32_ms * (1 + INT8_SLOWER_TOLERANCE):
+        return None
+    timed = f", {runs} runs" if runs else ""
+    return (
+        f"INT8 is slower than FP32 on {target}: {int8_ms:.4g} ms against {fp32_ms:.4g} ms at batch 1 "
+        f"({fp32_ms / int8_ms:.2f}x FP32's speed; p50s of both timed in the same interleaved rounds here, FP32 "
+        f"being the same model compiled for {target}, on the same input{timed}). Small models with many ops INT8 does not cover pay more for the "
+        "Q/DQ conversions around them than INT8 saves. edgekit kept the INT8 bundle you asked for and "
+        "recorded both figures; for speed, compile with --precision fp32 (or fp16 where the target runs it fast)"
+    )
+
+
+def _int8_speed_check(
+    job: _Prepared, manifest: dict[str, Any], runtime_cls: type, device: str | None, staging: Path
+) -> list[str]:
+    """On a target measured here, compile FP32 of the same model for the target, time it and the INT8 bundle
+    in the same interleaved rounds on the same input, and warn when INT8 is slower (``int8_slower_warning``)."""
+    import tempfile
+
+    latency = manifest.get("latency") or {}
+    if job.precision != "int8" or not latency.get("measured"):
+        return []
+    job.log("timing FP32 on the same target to compare with INT8")
+    x = np.zeros(job.spec.input.with_batch(1).shape, np.float32)
+    with tempfile.TemporaryDirectory(prefix="edgekit-fp32-") as tmp:
+        fp32_manifest = job.compile_into(Path(tmp), precision="fp32")
+        fp32 = runtime_cls(Path(tmp), fp32_manifest, device=device)
+        int8 = runtime_cls(staging, manifest, device=device)
+        try:
+            rounds = [
+                (
+                    measure(lambda: fp32.infer(x), **SPEED_CHECK_TIMING),
+                    measure(lambda: int8.infer(x), **SPEED_CHECK_TIMING),
+                )
+                for _ in range(SPEED_CHECK_ROUNDS)
+            ]
+        finally:
+            fp32.close()
+            int8.close()
+    fp32_ms = float(np.median([f["p50_ms"] for f, _ in rounds]))
+    int8_ms = float(np.median([i["p50_ms"] for _, i in rounds]))
+    runs = sum(f["runs"] for f, _ in rounds)
+    warning = int8_slower_warning(int8_ms, fp32_ms, job.target.name, runs=runs)
+    return [warning] if warning else []
 
 
 def _record_calibration(manifest: dict[str, Any], calibration: ImageSet | None) -> list[str]:

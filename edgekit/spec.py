@@ -211,6 +211,7 @@ def build_spec(
         )
     if not inp.get("shape"):
         raise UsageError("the model does not record its input shape; give it with --input-shape 1,3,H,W")
+    _check_size_given(tuple(inp["shape"]), inp.get("layout", "NCHW"), inp.get("name", "input"))
     input_spec = _input_from(inp)
     pre = {k: v for k, v in overrides.get("preprocess", {}).items() if v is not None}
     pre.setdefault("resize", input_spec.hw)
@@ -221,6 +222,24 @@ def build_spec(
         preprocess=_preprocess_from(pre),
         labels=tuple(overrides.get("labels") or ()),
         output_kind=overrides.get("output_kind") or "logits",
+    )
+
+
+def _check_size_given(shape: tuple[int, ...], layout: str, name: str) -> None:
+    """A model input with a dynamic height and width (as exporters write for fully convolutional models) needs
+    the size to compile, calibrate and measure it at: one line saying how to give it."""
+    if len(shape) != 4 or layout not in LAYOUTS:
+        return
+    h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    if h > 0 and w > 0:
+        return
+    batch, channels = shape[0] if shape[0] > 0 else -1, shape[1] if layout == "NCHW" else shape[3]
+    channels = channels if channels > 0 else 3
+    example = f"{batch},{channels},224,224" if layout == "NCHW" else f"{batch},224,224,{channels}"
+    raise UsageError(
+        f"the model's input '{name}' has a dynamic height and width ({list(shape)}); give the size to compile "
+        f"for with --input-shape, e.g. --input-shape {example} (or [input] shape in the model spec); the bundle "
+        "then takes images preprocessed to that size"
     )
 
 

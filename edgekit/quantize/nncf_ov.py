@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.calibration import NNCFRecipe, nncf_recipe
-from edgekit.errors import UsageError, require
+from edgekit.errors import ModelError, UsageError, require
 from edgekit.imagesets import Images, iter_batches
 
 # edgekit's calibration methods in NNCF's terms: the activations' range estimator (weights are always
@@ -80,17 +80,27 @@ def quantize(
         kwargs["advanced_parameters"] = AdvancedQuantizationParameters(activations_range_estimator_params=estimator)
     # NNCF draws progress bars on stdout: drop them (edgekit logs its own progress, and keeps stdout for the
     # command's output, e.g. --json; a budget search would draw dozens).
-    with contextlib.redirect_stdout(io.StringIO()):
-        quantized = nncf.quantize(
-            ov_model,
-            nncf.Dataset(items),
-            subset_size=len(items),
-            preset=getattr(nncf.QuantizationPreset, recipe.preset.upper()),
-            # The shipped recipe takes NNCF's full BiasCorrection rather than its default FastBiasCorrection
-            # (measured: see its file, calibration/recipes/nncf-ptq-performance-full-bias-correction.toml).
-            fast_bias_correction=recipe.fast_bias_correction,
-            **kwargs,
-        )
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantized = nncf.quantize(
+                ov_model,
+                nncf.Dataset(items),
+                subset_size=len(items),
+                preset=getattr(nncf.QuantizationPreset, recipe.preset.upper()),
+                # The shipped recipe takes NNCF's full BiasCorrection rather than its default FastBiasCorrection
+                # (measured: see its file, calibration/recipes/nncf-ptq-performance-full-bias-correction.toml).
+                fast_bias_correction=recipe.fast_bias_correction,
+                **kwargs,
+            )
+    except (UsageError, ModelError):
+        raise
+    except Exception as exc:  # NNCF's own errors name its internals: say what the user can do
+        text = str(exc).strip()
+        first = (text.splitlines()[0] if text else type(exc).__name__)[:200]
+        raise ModelError(
+            f"NNCF's quantizer failed on this model ({type(exc).__name__}: {first}); re-export the model at "
+            "opset 13 or newer with static input sizes, or compile with --precision fp16 or fp32"
+        ) from exc
     return quantized, {
         "recipe": recipe.name,
         "tool": f"nncf.quantize (nncf {nncf.__version__})",

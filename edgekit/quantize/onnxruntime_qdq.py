@@ -18,13 +18,14 @@ import contextlib
 import io
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekit.calibration import QDQRecipe, qdq_recipe
-from edgekit.errors import UsageError, require
+from edgekit.errors import ModelError, UsageError, require
 from edgekit.imagesets import Images, iter_batches
 
 ENTROPY_BINS = 2048  # histogram bins for entropy calibration (TensorRT's entropy calibrator uses 2048 too)
@@ -181,6 +182,149 @@ def _calibrate_method(recipe: QDQRecipe):
     return methods[recipe.method]
 
 
+# The opset a recipe's Q/DQ graph needs: QuantizeLinear/DequantizeLinear exist from opset 10, their ``axis``
+# attribute (per-channel scales, and ONNX Runtime's per-channel int32 biases) from opset 13. A model below it is
+# upgraded with ONNX's version converter before it is quantized; one at or above it is quantized as it is.
+QDQ_OPSET = 10
+PER_CHANNEL_OPSET = 13
+CONVERTER = "onnx.version_converter.convert_version"
+# What to do when ONNX Runtime's quantizer, or the Q/DQ graph it wrote, fails: known messages and their fixes.
+KNOWN_FAILURES = (
+    ("Unrecognized attribute: axis for operator DequantizeLinear",
+     "per-channel INT8 Q/DQ needs opset 13 or newer: re-export the model at opset 13 or newer "
+     "(torch.onnx.export(..., opset_version=17))"),
+    ("Unrecognized attribute: axis for operator QuantizeLinear",
+     "per-channel INT8 Q/DQ needs opset 13 or newer: re-export the model at opset 13 or newer "
+     "(torch.onnx.export(..., opset_version=17))"),
+    ("ShapeInferenceError", "give the model static shapes (--input-shape, or re-export with fixed sizes)"),
+)  # fmt: skip
+GENERIC_FIX = (
+    "re-export the model at opset 13 or newer with static input sizes, or compile with --precision fp16 or fp32"
+)
+
+
+def required_opset(recipe: QDQRecipe) -> int:
+    """The lowest default-domain opset ``recipe``'s Q/DQ graph is valid at."""
+    return PER_CHANNEL_OPSET if recipe.per_channel else QDQ_OPSET
+
+
+def model_opset(model: Any) -> int:
+    """The model's default-domain ("" or "ai.onnx") opset; 1 when it imports none (ONNX's rule)."""
+    return next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), 1)
+
+
+def upgrade_opset(model: Any, opset: int) -> Any:
+    """``model`` converted to ``opset`` with ONNX's version converter and checked; raise
+    ModelError naming the source opset and the fix when the converter cannot (its adapters cover the standard
+    ops, not every attribute combination older exporters wrote)."""
+    onnx = require("onnx", extra="compile", purpose="INT8 quantization")
+    from onnx import version_converter
+
+    source = model_opset(model)
+    try:
+        converted = version_converter.convert_version(model, opset)
+        onnx.checker.check_model(converted)  # not full_check: shapes are left to the tolerant pre-processing
+    except Exception as exc:
+        raise ModelError(
+            f"the model is at opset {source} and ONNX's version converter cannot upgrade it to opset {opset}, "
+            f"which INT8 Q/DQ needs ({_first_line(exc)}); re-export the model at opset {opset} or newer, or "
+            "compile with --precision fp16 or fp32"
+        ) from exc
+    return converted
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def explain(exc: BaseException) -> str:
+    """What to do about a failure of ONNX Runtime's quantizer or of the Q/DQ graph it wrote: the fix for a
+    known message, else the general one."""
+    text = str(exc)
+    return next((fix for needle, fix in KNOWN_FAILURES if needle in text), GENERIC_FIX)
+
+
+# ONNX Runtime's pre-processing (quant_pre_process), tried in order: the first that succeeds is used. The first
+# is what edgekit always ran (ONNX shape inference and ONNX Runtime's graph optimisation, no symbolic shape
+# inference); the others drop the steps that fail on shapes older exporters leave unresolved.
+PRE_PROCESS_STEPS = (
+    ("graph optimisation and ONNX shape inference", {"skip_symbolic_shape": True}),
+    ("ONNX shape inference only (ONNX Runtime's graph optimisation failed)",
+     {"skip_symbolic_shape": True, "skip_optimization": True}),
+    ("none (ONNX Runtime's graph optimisation and ONNX shape inference both failed)",
+     {"skip_symbolic_shape": True, "skip_optimization": True, "skip_onnx_shape": True}),
+)  # fmt: skip
+
+
+def prepare(model: Any, recipe: QDQRecipe, folder: Path) -> tuple[Any, Path, dict[str, Any]]:
+    """The graph ``quantize_static`` takes: ``model`` upgraded to the opset ``recipe`` needs (only when it is
+    below it), then pre-processed by ONNX Runtime's ``quant_pre_process``, written into ``folder``.
+
+    Returns the (possibly upgraded) model, the pre-processed file and a record for the provenance: empty when
+    nothing was upgraded and the usual pre-processing ran, so the provenance of such a model is unchanged.
+    When a pre-processing step fails, the next, lighter one is tried and the record says which ran and why.
+    """
+    onnx = require("onnx", extra="compile", purpose="INT8 quantization")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    record: dict[str, Any] = {}
+    source, needed = model_opset(model), required_opset(recipe)
+    if source < needed:
+        model = upgrade_opset(model, needed)
+        record["opset_upgrade"] = {
+            "from": source, "to": needed, "tool": CONVERTER,
+            "why": f"{'per-channel ' if recipe.per_channel else ''}Q/DQ needs opset {needed}",
+        }  # fmt: skip
+    src, prepped = folder / "fp32.onnx", folder / "prepped.onnx"
+    onnx.save(model, str(src))
+    failures = []
+    for i, (what, kwargs) in enumerate(PRE_PROCESS_STEPS):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                quant_pre_process(str(src), str(prepped), **kwargs)
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {_first_line(exc)}")
+            continue
+        if i:
+            record["pre_processing"] = {"ran": what, "failed": failures}
+        return model, prepped, record
+    shutil.copyfile(src, prepped)  # unreachable in practice: the last step only re-saves the model
+    record["pre_processing"] = {"ran": "none", "failed": failures}
+    return model, prepped, record
+
+
+def _quantize_static(quantize_static: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """``quantize_static`` with its failure as one line naming the cause and the fix (ModelError)."""
+    try:
+        quantize_static(*args, **kwargs)
+    except (UsageError, ModelError):
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"ONNX Runtime's quantizer failed on this model ({type(exc).__name__}: {_first_line(exc)}); {explain(exc)}"
+        ) from exc
+
+
+def preparation_notes(quantization: dict[str, Any] | None) -> list[str]:
+    """The manifest notes (and compile warnings) for what ``prepare`` changed: the opset upgrade and a
+    pre-processing fallback."""
+    if not quantization:
+        return []
+    notes = []
+    if upgrade := quantization.get("opset_upgrade"):
+        notes.append(
+            f"the model is at opset {upgrade['from']}; edgekit upgraded it to opset {upgrade['to']} with ONNX's "
+            f"version converter before quantizing ({upgrade['why']}); the FP32 reference is the original model"
+        )
+    if pre := quantization.get("pre_processing"):
+        notes.append(
+            f"ONNX Runtime's pre-processing failed on this model ({pre['failed'][0]}); edgekit fell back to "
+            f"{pre['ran']} before quantizing: check the INT8 agreement with FP32 (--val)"
+        )
+    return notes
+
+
 def quantize(
     model: Any,
     tensors: Images,
@@ -197,15 +341,11 @@ def quantize(
     ``prepared_out``, if given, receives the pre-processed FP32 graph that was quantized: its tensor
     names are the ones the Q/DQ graph's scales belong to.
     """
-    onnx = require("onnx", extra="compile", purpose="INT8 quantization")
     ort = require("onnxruntime", extra="compile", purpose="INT8 quantization")
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as tmp:
-        src, prepped = Path(tmp) / "fp32.onnx", Path(tmp) / "prepped.onnx"
-        onnx.save(model, str(src))
-        quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
+        model, prepped, preparation = prepare(model, recipe, Path(tmp))
         act = QuantType.QUInt8 if recipe.activations == "uint8" else QuantType.QInt8
         batch = static_batch or _dynamic_batch(len(tensors), recipe.method)
         reader = _Reader(input_name, tensors, batch)
@@ -216,7 +356,8 @@ def quantize(
         with contextlib.redirect_stdout(io.StringIO()):
             if ranges is not None and not ranges.exists() and recipe.method in ("entropy", "mse"):
                 _histogram_ranges(prepped, reader, recipe, Path(tmp), ranges)
-            quantize_static(
+            _quantize_static(
+                quantize_static,
                 str(prepped),
                 str(out),
                 reader,
@@ -249,6 +390,7 @@ def quantize(
             else {}
         ),
         "layers_kept_in_higher_precision": sorted(nodes_to_exclude),
+        **preparation,
     }
     if not recipe.quantize_bias:
         provenance["bias"] = "float (not quantized)"
@@ -262,19 +404,17 @@ def quantize(
 BUDGET_OPS = ("Conv", "Gemm", "MatMul", "Add")
 
 
-def quantizable_layers(model: Any) -> list[str]:
+def quantizable_layers(model: Any, recipe: QDQRecipe = CPU_RECIPE) -> list[str]:
     """Names of the layers (Conv, Gemm, MatMul, Add) the quantizer sees, in graph order.
 
-    ``quantize`` pre-processes the graph first, so the names are read from the pre-processed graph: they
-    are the names ``nodes_to_exclude`` takes.
+    ``quantize`` pre-processes the graph first (``prepare``: the opset upgrade ``recipe`` needs, then ONNX
+    Runtime's pre-processing), so the names are read from the pre-processed graph: they are the names
+    ``nodes_to_exclude`` takes.
     """
     onnx = require("onnx", extra="compile", purpose="INT8 quantization")
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="edgekit-layers-") as tmp:
-        src, prepped = Path(tmp) / "fp32.onnx", Path(tmp) / "prepped.onnx"
-        onnx.save(model, str(src))
-        quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
+        _model, prepped, _record = prepare(model, recipe, Path(tmp))
         graph = onnx.load(str(prepped)).graph
     return [n.name for n in graph.node if n.op_type in BUDGET_OPS and n.name]
 
