@@ -62,6 +62,9 @@ def add_parser(sub) -> None:
         "explicitly, each target also gets an int8 '-budget' combination compiled under it, as 'edgekit compile' does)",
     )
     groups["budget"].add_argument("--max-latency-ms", type=_number, metavar="MS", help="batch-1 p50 latency allowed")
+    groups["budget"].add_argument("--include-estimates", action="store_true",
+                                  help="let estimated latencies onto the Pareto front and into the recommendations "
+                                  "(off: measured and merged figures only)")  # fmt: skip
     r = p.add_argument_group("runs")
     r.add_argument("--resume", action="store_true", help="keep the finished combinations of an earlier run in -o")
     r.add_argument("--merge", type=Path, action="append", default=[], metavar="BENCH.json",
@@ -82,6 +85,7 @@ def request_from(args: argparse.Namespace):
         model=args.model, output=args.output, targets=args.targets, precisions=args.precisions,
         calib_methods=args.calib_methods, max_latency_ms=args.max_latency_ms, resume=args.resume,
         merge=tuple(args.merge), bench_seconds=args.bench_seconds, bench=not args.no_bench,
+        include_estimates=args.include_estimates,
         **flags.shared_fields(args),
     )  # fmt: skip
 
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(f"recommended: {r['text']}" for r in doc["recommendations"]))
     print()
     print(text_table(doc))
-    print("\ntags: M measured here, D measured on the device (merged), S simulated, E estimated (roofline)")
+    print("\ntags: M measured here, D measured on the device (merged), S simulated, E estimated (with its band)")
     print(f"wrote {args.output}/report.html, report.json, report.csv, report.md")
     failed = [r for r in doc["results"] if r["status"] == "failed"]
     if failed:

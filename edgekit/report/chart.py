@@ -1,7 +1,8 @@
 """The accuracy-vs-latency chart as inline SVG: one point a combination, the Pareto front drawn through.
 
 Colour is the target, shape the precision; a filled point's latency was measured (here or on the
-device), a hollow one's is a roofline estimate. Latency is on a log axis. No script, no external file.
+device), a hollow one's is an estimate, drawn with its band (a horizontal bar from low to high). Latency is
+on a log axis. No script, no external file.
 """
 
 from __future__ import annotations
@@ -178,6 +179,11 @@ def render_chart(doc: dict[str, Any]) -> str:
         hollow = p["latency"]["source"]["kind"] == "estimated"
         far = abs(ly - y) > 16  # a label moved away from its point gets a leader line
         leader = f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{lx:.1f}" y2="{ly - 4:.1f}" class="leader"/>' if far else ""
+        low, high = p["latency"].get("low_ms"), p["latency"].get("high_ms")
+        if hollow and low and high:
+            x1, x2 = max(LEFT, ax.x(low)), min(W - RIGHT, ax.x(high))
+            leader += (f'<line x1="{x1:.1f}" y1="{y:.1f}" x2="{x2:.1f}" y2="{y:.1f}" class="band" '
+                       f'stroke="{colours[p["target"]]}" stroke-width="1.5" stroke-opacity="0.6"/>')  # fmt: skip
         body.append(
             f'<g class="point" data-id="{escape(p["id"])}"><title>{_tooltip(p)}</title>{leader}'
             f"{_marker(p['precision'], x, y, colours[p['target']], hollow)}"

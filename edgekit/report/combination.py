@@ -1,7 +1,7 @@
 """One report combination (target x precision x calibration method): compile, bench, estimate, record.
 
 A record is the raw evidence for one combination (the bundle's accuracy and latency as compile_model
-measured them, the bench run here, the roofline estimate, any merged device run), kept as
+measured them, the bench run here, the latency estimate, any merged device run), kept as
 ``OUT/runs/<id>.json``; ``summary.py`` turns records into report rows.
 """
 

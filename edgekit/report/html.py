@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from edgekit.report.chart import render_chart
-from edgekit.report.writers import TAGS, estimator_lines, fmt, ms, points, speed_sentence, table
+from edgekit.report.writers import TAGS, estimate_cell, estimator_lines, fmt, ms, points, speed_sentence, table
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
@@ -82,13 +82,18 @@ def _results(doc: dict[str, Any]) -> str:
             fmt(acc.get("drop_points")), fmt(acc.get("agreement_with_fp32"), 1),
             f"{ms(lat['p50_ms'])}{_tag(lat['source']['kind'], lat['source']['how'])}", ms(lat.get("p99_ms")),
             f"{fmt(best.get('images_per_s'), 0)}{btag if best else ''}" + (f" @{best['batch']}" if best else ""),
-            ms(bench.get("end_to_end_ms")), ms((r["estimate"] or {}).get("ms")) + (_tag("estimated", r["estimate"]["figures"]) if r["estimate"] else ""),
+            ms(bench.get("end_to_end_ms")), escape(estimate_cell(r["estimate"])) + (_tag("estimated", _est_how(r["estimate"])) if r["estimate"] else ""),
             fmt(bench.get("peak_rss_mb"), 0), fmt(r.get("compile_seconds"), 1), "yes" if r["pareto"] else "",
         ]  # fmt: skip
         cls = ' class="pareto"' if r["pareto"] else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     return f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _est_how(est: dict[str, Any]) -> str:
+    band = f"; band x/÷ {est['band']:g} ({est['band_source']})" if est.get("band") else ""
+    return est["figures"] + band
 
 
 def _per_class(doc: dict[str, Any]) -> str:
@@ -177,13 +182,27 @@ def _estimator(doc: dict[str, Any]) -> str:
     rows = est["validation"]["rows"]
     text = escape(" ".join(line for line in lines if line and not line.startswith("|")))
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    band = lambda r: estimate_cell({"ms": r["estimated_ms"], "low_ms": r.get("low_ms"), "high_ms": r.get("high_ms")})  # noqa: E731
     tbl = "".join(
-        f"<tr><td>{escape(r['id'])}</td><td>{ms(r['measured_ms'])}</td><td>{ms(r['estimated_ms'])}</td>"
-        f"<td>{fmt(r['error_pct'], 1)}</td></tr>"
+        f"<tr><td>{escape(r['id'])}</td><td>{ms(r['measured_ms'])}</td><td>{escape(band(r))}</td>"
+        f"<td>{fmt(r['error_pct'], 1)}</td><td>{ms(r.get('roofline_ms'))}</td></tr>"
         for r in rows
     )
-    head = "<tr><th>combination</th><th>measured ms</th><th>estimated ms (host ceilings)</th><th>error %</th></tr>"
-    return f"<p>{text}</p>" + (f'<table id="estimator">{head}{tbl}</table>' if rows else "")
+    head = (
+        "<tr><th>combination</th><th>measured ms</th><th>estimated ms, band (host ceilings)</th><th>error %</th>"
+        "<th>roofline ms</th></tr>"
+    )
+    classes = "".join(
+        f"<tr><td>{escape(c['class'])}</td><td>{escape(', '.join(c['targets']))}</td>"
+        f"<td>{fmt(c['median_abs_error_pct'], 1)}</td><td>x/÷ {c['band']:g}</td></tr>"
+        for c in est.get("classes") or []
+    )
+    chead = "<tr><th>device class</th><th>targets</th><th>median error % (published)</th><th>band</th></tr>"
+    return (
+        f"<p>{text}</p>"
+        + (f'<table id="estimator-classes">{chead}{classes}</table>' if classes else "")
+        + (f'<table id="estimator">{head}{tbl}</table>' if rows else "")
+    )
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -201,8 +220,14 @@ def render(doc: dict[str, Any]) -> str:
         + _results(doc)
         + '<p class="muted">Tags: M measured here, D measured on the device (merged), S simulated, E estimated; '
         "hover a tag for how. Latency is batch-1 p50 of model inference on a preprocessed input; e2e adds "
-        "decoding a JPEG, preprocessing and postprocessing; est. ms is the roofline estimate for the target file's "
-        "device; MB is the bench process's peak RSS.</p>"
+        "decoding a JPEG, preprocessing and postprocessing; est. ms is the estimate for the target file's "
+        "device with its band (low-high); MB is the bench process's peak RSS. Estimated latencies are "
+        + (
+            "on the Pareto front and in the recommendations (--include-estimates)."
+            if doc.get("include_estimates")
+            else "kept off the Pareto front and out of the recommendations unless --include-estimates."
+        )
+        + "</p>"
         + "<h2>Per-class accuracy (top-1 %)</h2>"
         + _per_class(doc)
         + ("<h2>Accuracy budget: sensitivity and fallback</h2>" + _budgets(doc) if _budgets(doc) else "")

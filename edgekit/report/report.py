@@ -27,7 +27,7 @@ from edgekit.errors import UsageError
 from edgekit.measure.machine import describe_machine, describe_software
 from edgekit.report import defaults, summary
 from edgekit.report.combination import Combination, run_combination, skipped
-from edgekit.report.estimate import FORMULA, GraphCost, best_of, host_hardware, validate
+from edgekit.report.estimate import FORMULA, UNCALIBRATED_BAND, GraphCost, best_of, host_hardware, validate
 from edgekit.report.merge import attach, load_bench_file
 from edgekit.report.prepare import Prepared, prepare
 from edgekit.report.progress import Progress
@@ -52,6 +52,8 @@ class ReportOptions:
     The fields of ``SHARED_FIELDS`` mean what ``CompileRequest``'s do (the same defaults and checks; a
     ``max_accuracy_drop`` of "B%" is relative to FP32); ``targets`` x ``precisions`` (x ``calib_methods``
     for int8) are the combinations; ``max_latency_ms`` and ``max_accuracy_drop`` drive the recommendations.
+    ``include_estimates`` lets estimated latencies onto the Pareto front and into the recommendations (off:
+    only measured or merged figures count; a measured or merged figure always beats an estimate).
     """
 
     val: Path
@@ -75,6 +77,7 @@ class ReportOptions:
     max_latency_ms: float | None = None
     bench_seconds: float = defaults.BENCH_SECONDS
     bench: bool = True
+    include_estimates: bool = False
     trust_model_code: bool = False  # load TorchScript / a .pt2 whose loader runs code stored in it
 
     def __post_init__(self) -> None:
@@ -303,11 +306,24 @@ def run_report(
     return doc
 
 
-def _estimator(cost: GraphCost, host: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    check = validate(cost, host, summary.measured_here(rows)) if host else {"rows": [], "summary": None}
+def _estimator(cost: GraphCost, host: Any, rows: list[dict[str, Any]], targets: list[Target]) -> dict[str, Any]:
+    by_name = {t.name: t for t in targets}
+    terms = {r["id"]: by_name[r["target"]].hardware for r in rows if r.get("target") in by_name}
+    check = validate(cost, host, summary.measured_here(rows), terms) if host else {"rows": [], "summary": None}
+    classes = {}
+    for t in targets:
+        hw = t.hardware
+        entry = classes.setdefault(hw.estimate_class or "uncalibrated", {
+            "class": hw.estimate_class or "uncalibrated", "targets": [],
+            "median_abs_error_pct": hw.estimate_error_pct, "band": hw.estimate_band or UNCALIBRATED_BAND,
+        })  # fmt: skip
+        entry["targets"].append(t.name)
     return {
         "formula": "latency = " + FORMULA,
-        "assumes": "every layer at the device's peak compute or DRAM bandwidth; no per-layer overhead, no cache",
+        "assumes": "per device class: a per-inference floor, a per-layer overhead and a fraction of peak per operator "
+        "class and layer size, fitted to published figures (bench/bench_estimate.py); no cache model",
+        "validated_on": "published batch-1 latencies, bench/data/published_latency.toml (sources and rows there)",
+        "classes": list(classes.values()),
         "host_ceilings": {k: v for k, v in dataclasses.asdict(host).items() if v} if host else None,
         "validation": check,
     }
@@ -335,7 +351,7 @@ def document(
         for c in combos
         if c.id in records
     ]
-    summary.mark_pareto(rows)
+    summary.mark_pareto(rows, options.include_estimates)
     max_drop = summary.DEFAULT_MAX_DROP if options.max_accuracy_drop is None else _drop_points(options, fp32["top1"])
     names = list(dict.fromkeys(t.name for t in targets))
     return {
@@ -355,8 +371,9 @@ def document(
             "max_latency_ms": options.max_latency_ms,
             "accuracy_budget_defaulted": options.max_accuracy_drop is None,
         },
-        "recommendations": summary.recommend(rows, names, max_drop, options.max_latency_ms),
+        "include_estimates": options.include_estimates,
+        "recommendations": summary.recommend(rows, names, max_drop, options.max_latency_ms, options.include_estimates),
         "results": rows,
-        "estimator": _estimator(prep.cost, host, rows),
+        "estimator": _estimator(prep.cost, host, rows, targets),
         "provenance": summary.KINDS,
     }

@@ -3,7 +3,11 @@ the recommendations under the user's budgets, and the estimator's error on this 
 
 Provenance kinds: ``measured`` (here, on the target itself), ``merged`` (a device's ``edgekit bench``
 result), ``simulated`` (accuracy of the bundle's model run on a stand-in: ONNX Runtime or the OpenVINO CPU
-plugin here), ``estimated`` (the roofline, see estimate.py) and ``none``.
+plugin here), ``estimated`` (see estimate.py; always with its band) and ``none``.
+
+Estimated latencies stay off the Pareto front and out of the recommendations unless the user asks
+(``include_estimates``); even then a measured or merged figure beats an estimate: an estimate never knocks a
+measured point off the front, and a target with any measured or merged row is recommended from those only.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ KINDS = {
     "measured": "measured here, on the target itself",
     "merged": "measured on the device by edgekit bench and merged in (--merge)",
     "simulated": "the bundle's model run here on a stand-in for the absent device",
-    "estimated": "roofline estimate from the model's MACs and memory traffic and the target file's figures",
+    "estimated": "estimate from the model's MACs and memory traffic and the target file's figures and fitted terms, "
+    "with its band",
     "none": "not available",
 }
 
@@ -90,8 +95,12 @@ def latency_of(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] |
         return {**{k: lat.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}, "source": src}, None
     est = record.get("estimate")
     if est:
-        how = f"estimated: roofline ({est['figures']} from the {record['target']} target file)"
+        kind = "fitted roofline" if est.get("model") == "fitted" else "roofline"
+        how = f"estimated: {kind} ({est['figures']} from the {record['target']} target file)"
+        if est.get("band"):
+            how += f"; band {est['low_ms']:.3g}-{est['high_ms']:.3g} ms (x/÷ {est['band']:g}: {est['band_source']})"
         return {"p50_ms": est["ms"], "p90_ms": None, "p99_ms": None, "mean_ms": None,
+                "low_ms": est.get("low_ms"), "high_ms": est.get("high_ms"),
                 "source": _source("estimated", how)}, None  # fmt: skip
     return {"p50_ms": None, "source": _source("none", "no measurement, and the target file gives no figures")}, None
 
@@ -123,29 +132,60 @@ def _point(row: dict[str, Any]) -> tuple[float, float] | None:
     return row["latency"]["p50_ms"], row["accuracy"]["top1"]
 
 
-def mark_pareto(rows: list[dict[str, Any]]) -> None:
-    """A row is on the front when no other is at least as fast and as accurate, and better in one."""
-    points = [(r, p) for r in rows if (p := _point(r))]
+def is_estimated(row: dict[str, Any]) -> bool:
+    return bool(row.get("latency")) and row["latency"]["source"]["kind"] == "estimated"
+
+
+def mark_pareto(rows: list[dict[str, Any]], include_estimates: bool = False) -> None:
+    """A row is on the front when no other is at least as fast and as accurate, and better in one.
+
+    Estimated rows take no part unless ``include_estimates``; then they join the front where no row dominates
+    them, but never push a measured (or merged) row off it.
+    """
+    points = [(r, p) for r in rows if (p := _point(r)) and (include_estimates or not is_estimated(r))]
     for row, (lat, acc) in points:
-        row["pareto"] = not any(
-            lo <= lat and ao >= acc and (lo < lat or ao > acc) for other, (lo, ao) in points if other is not row
-        )
+        rivals = [(o, q) for o, q in points if o is not row and (is_estimated(row) or not is_estimated(o))]
+        row["pareto"] = not any(lo <= lat and ao >= acc and (lo < lat or ao > acc) for _, (lo, ao) in rivals)
 
 
-def recommend(rows: list[dict[str, Any]], targets: list[str], max_drop: float, max_ms: float | None) -> list[dict]:
-    """For each target, the fastest combination within the accuracy and latency budgets."""
+def recommend(
+    rows: list[dict[str, Any]],
+    targets: list[str],
+    max_drop: float,
+    max_ms: float | None,
+    include_estimates: bool = False,
+) -> list[dict]:
+    """For each target, the fastest combination within the accuracy and latency budgets.
+
+    From measured or merged latencies only; a target that has none is recommended from its estimates only
+    with ``include_estimates`` (and the text says the figure is an estimate, with its band).
+    """
     out = []
     for target in targets:
         cands = [r for r in rows if r["target"] == target and _point(r)]
+        firm = [r for r in cands if not is_estimated(r)]
+        if firm or not include_estimates:
+            if cands and not firm:
+                out.append({"target": target, "choice": None, "estimated_only": True, "text": (
+                    f"{target}: latency is estimated only (no measured or merged run); not recommended without "
+                    "--include-estimates (merge a device run with --merge)")})  # fmt: skip
+                continue
+            cands = firm
         ok = [
             r
             for r in cands
             if (r["accuracy"]["drop_points"] is None or r["accuracy"]["drop_points"] <= max_drop)
-            and (max_ms is None or r["latency"]["p50_ms"] <= max_ms)
+            and (max_ms is None or _budget_ms(r) <= max_ms)
         ]
         best = min(ok, key=lambda r: (r["latency"]["p50_ms"], -r["accuracy"]["top1"])) if ok else None
         out.append({"target": target, "choice": best["id"] if best else None, "text": _why(target, best, cands)})
     return out
+
+
+def _budget_ms(row: dict[str, Any]) -> float:
+    """The latency a budget is checked against: an estimate's high end, so that the band has to fit."""
+    lat = row["latency"]
+    return lat.get("high_ms") or lat["p50_ms"] if is_estimated(row) else lat["p50_ms"]
 
 
 def _why(target: str, best: dict[str, Any] | None, cands: list[dict[str, Any]]) -> str:
@@ -155,9 +195,12 @@ def _why(target: str, best: dict[str, Any] | None, cands: list[dict[str, Any]]) 
         return f"{target}: no combination meets the budget"
     acc, lat = best["accuracy"], best["latency"]
     method = f" ({best['calibration_method']} calibration)" if best["calibration_method"] else ""
+    kind = lat["source"]["kind"]
+    if kind == "estimated" and lat.get("low_ms") is not None:
+        kind = f"estimated, band {lat['low_ms']:.3g}-{lat['high_ms']:.3g} ms"
     return (
         f"{target}: {best['precision']}{method}: top-1 {acc['top1']:.2f}% ({_delta(acc['drop_points'])} vs FP32, "
-        f"{acc['source']['kind']}), {lat['p50_ms']:.3g} ms batch-1 p50 ({lat['source']['kind']})"
+        f"{acc['source']['kind']}), {lat['p50_ms']:.3g} ms batch-1 p50 ({kind})"
     )
 
 

@@ -14,7 +14,8 @@ TAGS = {"measured": "M", "merged": "D", "simulated": "S", "estimated": "E", "non
 CSV_COLUMNS = (
     "id", "target", "backend", "device", "precision", "calibration_method", "status", "top1", "top5",
     "drop_points", "agreement_with_fp32", "accuracy_source", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
-    "latency_mean_ms", "latency_source", "latency_machine", "estimate_ms", "best_images_per_s", "best_batch",
+    "latency_mean_ms", "latency_source", "latency_machine", "estimate_ms", "estimate_low_ms", "estimate_high_ms",
+    "best_images_per_s", "best_batch",
     "decode_ms", "preprocess_ms", "end_to_end_ms", "peak_rss_mb", "cpu_percent_of_one_core", "compile_seconds",
     "bundle_bytes", "bundle_hash", "pareto", "error",
 )  # fmt: skip
@@ -61,6 +62,8 @@ def flat_row(row: dict[str, Any]) -> dict[str, Any]:
         "latency_source": (lat.get("source") or {}).get("kind"),
         "latency_machine": (lat.get("source") or {}).get("machine"),
         "estimate_ms": (row.get("estimate") or {}).get("ms"),
+        "estimate_low_ms": (row.get("estimate") or {}).get("low_ms"),
+        "estimate_high_ms": (row.get("estimate") or {}).get("high_ms"),
         "best_images_per_s": best.get("images_per_s"),
         "best_batch": best.get("batch"),
         **{k: bench.get(k) for k in ("decode_ms", "preprocess_ms", "end_to_end_ms", "peak_rss_mb")},
@@ -82,6 +85,15 @@ def to_csv(doc: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def estimate_cell(est: dict[str, Any] | None) -> str:
+    """An estimate with its band: "0.41 (0.23-0.74)"."""
+    if not est:
+        return ms(None)
+    if est.get("low_ms") is None:
+        return ms(est["ms"])
+    return f"{ms(est['ms'])} ({ms(est['low_ms'])}-{ms(est['high_ms'])})"
+
+
 def table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The main table: one row a combination, provenance tags after each figure."""
     header = ["combination", "status", "top-1 %", "drop", "agree %", "p50 ms", "p99 ms", "img/s", "e2e ms", "est. ms",
@@ -97,7 +109,7 @@ def table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append([
             r["id"], "ok", f"{fmt(acc['top1'])} {atag}", fmt(acc.get("drop_points"), 2), fmt(acc.get("agreement_with_fp32"), 1),
             f"{ms(lat['p50_ms'])} {ltag}", ms(lat.get("p99_ms")),
-            fmt(best.get("images_per_s"), 0), ms(bench.get("end_to_end_ms")), ms((r["estimate"] or {}).get("ms")),
+            fmt(best.get("images_per_s"), 0), ms(bench.get("end_to_end_ms")), estimate_cell(r["estimate"]),
             fmt(bench.get("peak_rss_mb"), 0), fmt(r.get("compile_seconds"), 1), "yes" if r["pareto"] else "",
         ])  # fmt: skip
     return header, rows
@@ -143,9 +155,15 @@ def to_markdown(doc: dict[str, Any]) -> str:
         *_md_table(*table(doc)),
         "",
         "Tags: M measured here, D measured on the device (merged), S simulated (the bundle's model run here on a "
-        "stand-in), E estimated (roofline). Latency is batch-1 p50 of model inference on a preprocessed "
-        "input; e2e adds JPEG decoding, preprocessing and postprocessing; est. ms is the roofline estimate for "
-        "the target file's device.",
+        "stand-in), E estimated (with its band). Latency is batch-1 p50 of model inference on a preprocessed "
+        "input; e2e adds JPEG decoding, preprocessing and postprocessing; est. ms is the estimate for the target "
+        "file's device, with its band (low-high). Estimated latencies are "
+        + (
+            "on the Pareto front and in the recommendations (--include-estimates)"
+            if doc.get("include_estimates")
+            else "kept off the Pareto front and out of the recommendations (--include-estimates lets them in)"
+        )
+        + ".",
         "",
         *_budget_lines(doc),
         *estimator_lines(doc["estimator"]),
@@ -193,7 +211,19 @@ def speed_sentence(b: dict[str, Any]) -> str:
 
 
 def estimator_lines(est: dict[str, Any]) -> list[str]:
-    lines = ["## Latency estimates", "", f"Roofline: `{est['formula']}`; idealised: {est['assumes']}."]
+    lines = ["## Latency estimates", "", f"Estimate: `{est['formula']}`; {est['assumes']}."]
+    if est.get("classes"):
+        lines += [
+            "",
+            f"Validation per device class on {est.get('validated_on', 'published figures')} (held-out median "
+            "absolute error; an estimate's band is [ms / band, ms x band]):",
+            "",
+            *_md_table(
+                ["device class", "targets", "median error %", "band"],
+                [[c["class"], ", ".join(c["targets"]), fmt(c["median_abs_error_pct"], 1), f"x/÷ {c['band']:g}"]
+                 for c in est["classes"]],
+            ),
+        ]  # fmt: skip
     check = est["validation"]
     if check["summary"]:
         s = check["summary"]
@@ -202,11 +232,28 @@ def estimator_lines(est: dict[str, Any]) -> list[str]:
             f"Checked on this host with its measured ceilings ({_ceilings(est['host_ceilings'])}): over "
             f"{s['combinations']} measured combinations the estimate's median error is {s['median_abs_error_pct']:g}% "
             f"(max {s['max_abs_error_pct']:g}%); measured latency was {s['range_measured_over_estimate'][0]:g}x to "
-            f"{s['range_measured_over_estimate'][1]:g}x the estimate (median {s['median_measured_over_estimate']:g}x).",
+            f"{s['range_measured_over_estimate'][1]:g}x the estimate (median {s['median_measured_over_estimate']:g}x)"
+            + (
+                f"; {s['within_band']} of {s['combinations']} within the band; the plain roofline's median error "
+                f"{s['roofline_median_abs_error_pct']:g}%."
+                if "within_band" in s
+                else "."
+            ),
             "",
             *_md_table(
-                ["combination", "measured ms", "estimated ms", "error %"],
-                [[r["id"], ms(r["measured_ms"]), ms(r["estimated_ms"]), fmt(r["error_pct"], 1)] for r in check["rows"]],
+                ["combination", "measured ms", "estimated ms (band)", "error %", "roofline ms"],
+                [
+                    [
+                        r["id"],
+                        ms(r["measured_ms"]),
+                        estimate_cell(
+                            {"ms": r["estimated_ms"], "low_ms": r.get("low_ms"), "high_ms": r.get("high_ms")}
+                        ),
+                        fmt(r["error_pct"], 1),
+                        ms(r.get("roofline_ms")),
+                    ]
+                    for r in check["rows"]
+                ],
             ),
         ]
     return lines

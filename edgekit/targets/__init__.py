@@ -37,6 +37,16 @@ class Hardware:
     dla_cores: int = 0
     jetpack: str | None = None
     tensorrt: str | None = None
+    # The latency estimator's terms for the device's class (edgekit/report/estimate.py; fitted to published
+    # figures by bench/bench_estimate.py, each with its source in the file). None: the plain roofline.
+    estimate_class: str | None = None  # the device class the terms were fitted for ("jetson-gpu", ...)
+    layer_overhead_us: float | None = None  # per executed (unfused) layer: kernel launch, scheduling
+    inference_floor_ms: float | None = None  # per inference: runtime call, input/output transfers
+    conv_efficiency: float | None = None  # fraction of peak a large dense Conv/Gemm reaches
+    depthwise_efficiency: float | None = None  # fraction of peak a large depthwise Conv reaches
+    half_efficiency_mmacs: float | None = None  # layer size (M MACs) at which a layer reaches half its efficiency
+    estimate_band: float | None = None  # the estimate's band: [ms / band, ms x band]
+    estimate_error_pct: float | None = None  # the class's median absolute error on its published figures
 
 
 @dataclass(frozen=True, kw_only=True)
