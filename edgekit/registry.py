@@ -84,7 +84,7 @@ def backend(backend_id: str) -> type[Backend]:
     cls = find(backend_id)
     if cls is None:
         raise UsageError(
-            f"backend '{backend_id}' is not registered; registered backends: {', '.join(backend_ids())} "
+            f"backend {backend_id!r} is not registered; registered backends: {', '.join(backend_ids())} "
             f"(a third-party backend registers in the '{GROUP}' entry-point group: install its package)"
         )
     return cls

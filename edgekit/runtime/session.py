@@ -56,6 +56,12 @@ class Bundle:
         self.labels: list[str] = list(m.labels)
         self.output_kind: str = m.postprocess.output or "logits"
         self._postprocess: dict[str, Any] = m.postprocess.to_dict()  # what the task's decode reads
+        if not registry.is_registered(m.backend.name):  # the name is the bundle's: shown escaped, with the path
+            raise BundleError(
+                f"{self.path}: manifest field 'backend.name' is {m.backend.name!r}, which is not a backend registered "
+                f"here (registered: {', '.join(registry.backend_ids())}); install the backend's package, or "
+                "recompile the bundle for one of these"
+            )
         runtime_cls = registry.backend(m.backend.name).runtime_class()
         try:
             self.runtime = runtime_cls(opened.root, self.manifest, device=device)

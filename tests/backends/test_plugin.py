@@ -57,8 +57,9 @@ def test_a_plugin_backend_compiles_packs_inspects_and_predicts_through_the_cli(p
     assert _ok(run_cli("inspect", str(bundle))).returncode == 0
     refused = run_cli("predict", str(bundle), str(CAT))
     assert (
-        refused.returncode == 2
-        and "backend 'fake' is not registered; registered backends: onnxruntime" in refused.stderr
+        refused.returncode == 1
+        and "manifest field 'backend.name' is 'fake', which is not a backend registered here (registered: onnxruntime"
+        in refused.stderr
     )
 
 

@@ -357,6 +357,22 @@ def test_wrong_typed_manifest_field_is_one_line_naming_it(cpu_bundle, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["os:system", "../onnxruntime", "fake\n\x1b[31mok\x1b[0m"])
+def test_unregistered_backend_name_is_one_escaped_line_naming_the_bundle(cpu_bundle, tmp_path, name):
+    """A manifest naming a backend this edgekit does not have (a module path, a path, terminal escapes) is refused
+    when loaded, with the bundle's path and the name escaped; nothing is imported by that name."""
+    bundle = copy(cpu_bundle, tmp_path)
+    rewrite(bundle, lambda m: m["backend"].update(name=name))
+    with pytest.raises(BundleError) as info:
+        edgekit.load_bundle(bundle).close()
+    text = str(info.value)
+    assert "\n" not in text and "\x1b" not in text and str(bundle) in text and repr(name) in text
+    res = run_cli("predict", str(bundle), str(min((SAMPLE / "calib" / "cat").iterdir())))
+    assert res.returncode == 1 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "which is not a backend registered here" in res.stderr and "\x1b" not in res.stderr
+
+
+@pytest.mark.slow
 def test_wrong_typed_build_plan_is_one_line(trt_bundle, tmp_path):
     bundle = copy(trt_bundle, tmp_path)
     rewrite(bundle, lambda m: m["backend"]["build_plan"].update(min_shape="1x3x32x32"))
