@@ -77,7 +77,18 @@ def _reference_session(loaded: LoadedModel):
     """ONNX Runtime FP32 on the source model: the reference every bundle is compared with."""
     from edgekit.backends.onnxruntime.runtime import make_session
 
-    return make_session(loaded.onnx.SerializeToString())
+    try:
+        return make_session(loaded.onnx.SerializeToString())
+    except EdgekitError:
+        raise
+    except Exception as exc:  # ONNX Runtime refuses the graph (an opset it lacks, an op with no kernel)
+        text = str(exc).strip()
+        first = (text.splitlines()[0] if text else type(exc).__name__)[:300]
+        opset = onnxruntime_qdq.model_opset(loaded.onnx)
+        raise ModelError(
+            f"ONNX Runtime cannot load the model (opset {opset}; {first}); re-export it with standard operators "
+            "at an opset ONNX Runtime supports (13 to 17 are safe choices)"
+        ) from exc
 
 
 def reference_session(loaded: LoadedModel, spec: specs.ModelSpec) -> tuple[Any, int]:

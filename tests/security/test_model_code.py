@@ -360,3 +360,37 @@ def test_onnx_custom_domain_is_one_line(tiny_onnx, tmp_path):
     path = tmp_path / "custom.onnx"
     onnx.save_model(model, str(path))
     _one_line_refusal(_compile(path, tmp_path / "out"), "custom.onnx", "com.evil::")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("opset", [1, 999])
+def test_an_opset_onnx_runtime_cannot_load_is_one_line_not_a_bug(tiny_onnx, tmp_path, opset):
+    """A model claiming an opset ONNX Runtime has no kernels for (1: Relu-1 has none; 999: beyond any release)
+    was an internal error with a traceback (exit 3); it is the model's problem: one line, exit 1."""
+    model = onnx.load(str(tiny_onnx))
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = opset
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, str(path))
+    res = run_cli(
+        "compile",
+        str(path),
+        "--target",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--input-shape",
+        "1,3,32,32",
+        "-o",
+        str(tmp_path / "b"),
+    )
+    assert res.returncode == 1, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("edgekit: ")
+              and not line.startswith("edgekit: loading")]  # fmt: skip
+    assert "Traceback" not in res.stderr and len(errors) == 1 and errors[0].startswith("edgekit: error: "), res.stderr
+    # opset 1 is caught by the ONNX checker already; 999 passes it and reaches ONNX Runtime
+    assert "re-export" in errors[0] or "export the model again" in errors[0]
+    if opset == 999:
+        assert "ONNX Runtime cannot load the model (opset 999;" in errors[0]
+    assert not (tmp_path / "b").exists()
