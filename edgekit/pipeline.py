@@ -304,8 +304,8 @@ def compile_model(
     The convenient front door: the keywords are ``CompileRequest``'s fields (``precision``, ``calib``,
     ``val``, ``calib_size``, ``calibration_method``, ``calibration_percentile``, ``max_accuracy_drop``,
     ``min_agreement``, ``budget_confidence``, ``spec``, ``name``, ``input_shape``, ``layout``, ``labels``,
-    ``preprocess``, ``pack``, ``int8_drop_warning``, ``trust_model_code``), with its defaults; see
-    ``edgekit.request.CompileRequest``. Same as ``compile_request(CompileRequest(model=..., ...), log=log)``.
+    ``preprocess``, ``pack``, ``int8_drop_warning``, ``trust_model_code``, ``compare_int8_with_fp32``), with its
+    defaults; see ``edgekit.request.CompileRequest``. Same as ``compile_request(CompileRequest(model=..., ...), log=log)``.
 
     INT8 is calibrated on ``calib`` (a folder searched recursively; a deterministic sample of
     ``calib_size`` images). ``val`` (one sub-folder a class) measures accuracy against FP32 and gives the
@@ -555,7 +555,7 @@ def _int8_speed_check(
     import tempfile
 
     latency = manifest.get("latency") or {}
-    if job.precision != "int8" or not latency.get("measured"):
+    if job.precision != "int8" or not latency.get("measured") or not job.request.compare_int8_with_fp32:
         return []
     job.log("timing FP32 on the same target to compare with INT8")
     x = np.zeros(job.spec.input.with_batch(1).shape, np.float32)

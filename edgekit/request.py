@@ -40,6 +40,7 @@ class CompileRequest:
     ``budget_confidence``. ``spec`` (a model-spec TOML or its dict) and ``name``, ``input_shape``, ``layout``,
     ``labels``, ``preprocess`` (keys of ``PREPROCESS_KEYS``) override what the model says. ``pack`` writes
     one file. ``trust_model_code`` allows a model file whose loader runs code stored in it.
+    ``compare_int8_with_fp32`` times FP32 beside a measured INT8 bundle and warns when INT8 is slower.
     """
 
     model: Any
@@ -63,6 +64,9 @@ class CompileRequest:
     pack: bool = False
     int8_drop_warning: float = INT8_DROP_WARNING
     trust_model_code: bool = False
+    # After an INT8 compile measured here, also compile FP32 and time both (interleaved) to warn when INT8 is
+    # slower. A report turns it off: it compiles and measures FP32 itself and shows both.
+    compare_int8_with_fp32: bool = True
 
     def __post_init__(self) -> None:
         normal = {

@@ -69,3 +69,24 @@ def test_int8_slower_than_fp32_is_said_with_both_figures():
     assert "0.74x" in warning and "1223 runs" in warning and "--precision fp32" in warning
     assert int8_slower_warning(0.05, 0.0713, "cpu") is None  # faster
     assert int8_slower_warning(0.0713 * (1 + INT8_SLOWER_TOLERANCE * 0.9), 0.0713, "cpu") is None  # within noise
+
+
+def test_the_fp32_comparison_runs_for_a_compile_and_not_for_a_report(tiny_onnx, tmp_path):
+    """A measured INT8 compile times FP32 beside it; the report, which compiles and measures FP32 itself, turns
+    that off for its INT8 combinations so the FP32 model is not compiled twice."""
+    from support import CIFAR_SPEC, LABELS, SAMPLE
+
+    import edgekit
+    from edgekit.report.combination import Combination, request_for
+    from edgekit.targets import get_target
+
+    base = edgekit.CompileRequest(model=tiny_onnx, target="cpu", precision="int8", output=tmp_path / "a",
+                                  calib=SAMPLE / "calib", calib_size=32, spec=dict(CIFAR_SPEC), labels=LABELS)  # fmt: skip
+    logs: list[str] = []
+    edgekit.compile(base, log=logs.append)
+    assert "timing FP32 on the same target to compare with INT8" in logs
+    logs.clear()
+    edgekit.compile(base.replace(output=tmp_path / "b", compare_int8_with_fp32=False), log=logs.append)
+    assert not any("timing FP32" in line for line in logs) and (tmp_path / "b").is_dir()
+    combo = Combination(target=get_target("cpu"), precision="int8")
+    assert request_for(combo, base, tmp_path / "c").compare_int8_with_fp32 is False
