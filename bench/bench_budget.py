@@ -10,6 +10,13 @@ sample. edgekit splits --val into search and check parts; the table reports agre
 check part (images the search never used), the layers kept in higher precision, the search time, and on
 the `cpu` target batch-1 latency of each bundle against FP32, measured interleaved.
 Writes bench/results/<--out> (default budget.json).
+
+    python bench/bench_budget.py --holdout 500 --models mobilenetv2 resnet --targets cpu --out budget-holdout.json
+
+issue 12's check: --val is the first 500 images of each test class (5,000), and every budgeted bundle is
+also measured on the other 5,000 (held-out images no part of the compile saw): agreement with FP32 there,
+and what the budget shipped (naive INT8, INT8 with fallbacks, or another precision) with its batch-1 speed
+against FP32, timed interleaved.
 """
 
 from __future__ import annotations
@@ -50,14 +57,42 @@ def validation_folder(choice: str) -> Path:
     return cache / "test"
 
 
-def first_per_class(val: Path, n: int) -> Path:
-    """A folder of links to the first ``n`` images (by name) of each class folder of ``val``."""
-    out = Path(tempfile.mkdtemp(prefix=f"edgekit-val{n}-"))
+def first_per_class(val: Path, n: int, *, rest: bool = False) -> Path:
+    """A folder of links to the first ``n`` images (by name) of each class folder of ``val`` (``rest``: all
+    the others)."""
+    out = Path(tempfile.mkdtemp(prefix=f"edgekit-val{n}{'-rest' if rest else ''}-"))
     for folder in sorted(d for d in val.iterdir() if d.is_dir()):
         (out / folder.name).mkdir()
-        for image in sorted(folder.iterdir())[:n]:
+        images = sorted(folder.iterdir())
+        for image in images[n:] if rest else images[:n]:
             (out / folder.name / image.name).symlink_to(image.resolve())
     return out
+
+
+def holdout_agreement(bundle: Path, model: str, holdout: Path) -> dict:
+    """Agreement with FP32 (ONNX Runtime on the source model) and top-1 on the held-out images."""
+    import onnxruntime as ort
+
+    import edgekit
+
+    b = edgekit.load_bundle(bundle)
+    src = ort.InferenceSession(str(ROOT / "examples" / "models" / model / "model.onnx"),
+                               providers=["CPUExecutionProvider"])  # fmt: skip
+    name = src.get_inputs()[0].name
+    paths = sorted(p for p in holdout.rglob("*.jpg"))
+    classes = sorted(d.name for d in holdout.iterdir() if d.is_dir())
+    labels = np.array([classes.index(p.parent.name) for p in paths])
+    agree = right = ref_right = 0
+    for i in range(0, len(paths), 64):
+        x = np.stack([b.preprocess(p) for p in paths[i : i + 64]])
+        ours, ref = b.infer(x).argmax(1), src.run(None, {name: x})[0].argmax(1)
+        agree += int((ours == ref).sum())
+        right += int((ours == labels[i : i + 64]).sum())
+        ref_right += int((ref == labels[i : i + 64]).sum())
+    b.close()
+    n = len(paths)
+    return {"images": n, "agreement_with_fp32": round(100 * agree / n, 3), "top1": round(100 * right / n, 3),
+            "fp32_top1": round(100 * ref_right / n, 3)}  # fmt: skip
 
 
 def compile_one(model: str, target: str, precision: str, out: Path, budget: str | None, val: Path):
@@ -89,11 +124,13 @@ def latencies(paths: dict[str, Path], rounds: int = 8, runs: int = 200) -> dict[
 
 def row(model: str, target: str, label: str, manifest: dict, seconds: float) -> dict:
     acc, q = manifest["accuracy"], manifest["quantization"] or {}
-    b = q.get("budget")
+    b = q.get("budget") or manifest.get("budget")
     out = {"model": model, "target": target, "variant": label, "compile_seconds": round(seconds, 1),
            "agreement_all": acc["agreement_with_fp32"], "drop_all": acc["drop_points"],
            "simulated": bool(acc.get("simulated"))}  # fmt: skip
     if b:
+        out.update(ships=(b.get("chosen") or {}).get("label"), precision=manifest["precision"]["inference"],
+                   naive_probability=b.get("naive_int8_probability_meets_budget"))  # fmt: skip
         out.update(check=b["on_check"], search=b["on_search"], kept=len(b["layers_kept_in_higher_precision"]),
                    layers=b["quantized_layers"], search_seconds=b["search_seconds"], met=b["met"],
                    margin=b["search_margin_points"], search_images=b["search_images"], check_images=b["check_images"],
@@ -103,10 +140,12 @@ def row(model: str, target: str, label: str, manifest: dict, seconds: float) -> 
 
 def table(doc: dict) -> str:
     """The README's Markdown table from a results document."""
+    holdout = any("holdout" in r for r in doc["rows"])
     lines = [
-        "| model | target | variant | agreement, check images | top-1 drop, check images | layers kept in higher "
-        "precision | search (trials) | batch-1 ms vs FP32 (cpu) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | target | variant | ships | P(naive meets) | agreement, check images | top-1 drop, check images "
+        "| layers kept in higher precision | search (trials) | batch-1 ms vs FP32 (cpu) |"
+        + (" agreement, held-out images |" if holdout else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if holdout else ""),
     ]
     for r in doc["rows"]:
         if r["variant"] == "fp32":
@@ -116,17 +155,20 @@ def table(doc: dict) -> str:
         ms = ""
         if r["target"] == "cpu" and r["variant"] in speed and "fp32" in speed:
             ms = f"{speed[r['variant']]:.3f} vs {speed['fp32']:.3f} ({speed['fp32'] / speed[r['variant']]:.2f}x)"
+        held = f" {r['holdout']['agreement_with_fp32']:.2f}% |" if "holdout" in r else (" |" if holdout else "")
         if "error" in r:
-            lines.append(f"| {r['model']} | {target} | `{r['variant']}` | refused: {r['error']} | | | | |")
+            lines.append(f"| {r['model']} | {target} | `{r['variant']}` | refused: {r['error']} | | | | | | |"
+                         + (" |" if holdout else ""))  # fmt: skip
         elif "check" not in r:
-            lines.append(f"| {r['model']} | {target} | `{r['variant']}` (naive) | {r['agreement_all']:.2f}% (all) | "
-                         f"{r['drop_all']:+.2f} (all) | 0 | - | {ms} |")  # fmt: skip
+            lines.append(f"| {r['model']} | {target} | `{r['variant']}` | naive int8 | - | {r['agreement_all']:.2f}% "
+                         f"(all) | {r['drop_all']:+.2f} (all) | 0 | - | {ms} |{held}")  # fmt: skip
         else:
             c = r["check"]
             met = "" if r["met"] else " **(not met)**"
-            lines.append(f"| {r['model']} | {target} | `{r['variant']}` | {c['agreement_with_fp32']:.2f}%{met} | "
-                         f"{c['drop_points']:+.2f} | {r['kept']} of {r['layers']} | {r['search_seconds']:.0f} s "
-                         f"({r.get('trial_builds', '?')}) | {ms} |")  # fmt: skip
+            p = "-" if r.get("naive_probability") is None else f"{r['naive_probability']:.3f}"
+            lines.append(f"| {r['model']} | {target} | `{r['variant']}` | {r.get('ships') or '-'} | {p} | "
+                         f"{c['agreement_with_fp32']:.2f}%{met} | {c['drop_points']:+.2f} | {r['kept']} of {r['layers']} "
+                         f"| {r['search_seconds']:.0f} s ({r.get('trial_builds', '?')}) | {ms} |{held}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -137,6 +179,8 @@ def main() -> int:
     p.add_argument("--budgets", nargs="+", default=["99", "99.5"])
     p.add_argument("--val", default="cifar10-test", help="cifar10-test (default), sample, or a folder")
     p.add_argument("--val-per-class", type=int, metavar="N", help="take only the first N images of each class")
+    p.add_argument("--holdout", type=int, metavar="N", help="--val is the first N images a class; measure every "
+                   "budgeted bundle on the rest too (held-out images)")  # fmt: skip
     p.add_argument("--skip-fp32-and-naive", action="store_true", help="compile only the budgeted variants")
     p.add_argument("--out", default="budget.json", help="file name under bench/results/ (default budget.json)")
     p.add_argument("--table", metavar="JSON", help="only print the Markdown table of an earlier results file")
@@ -145,7 +189,11 @@ def main() -> int:
         print(table(json.loads(Path(a.table).read_text())))
         return 0
     val = validation_folder(a.val)
-    if a.val_per_class:
+    holdout = None
+    if a.holdout:
+        holdout, val = first_per_class(val, a.holdout, rest=True), first_per_class(val, a.holdout)
+        a.val_per_class = a.holdout
+    elif a.val_per_class:
         val = first_per_class(val, a.val_per_class)
     rows, speed = [], {}
     with tempfile.TemporaryDirectory(prefix="edgekit-budget-bench-") as tmp:
@@ -167,6 +215,8 @@ def main() -> int:
                         print(json.dumps(rows[-1]), flush=True)
                         continue
                     rows.append(row(model, target, label, manifest, seconds))
+                    if holdout is not None and budget is not None:
+                        rows[-1]["holdout"] = holdout_agreement(out, model, holdout)
                     paths[label] = out
                     print(json.dumps(rows[-1]), flush=True)
                 if target == "cpu" and len(paths) > 1:

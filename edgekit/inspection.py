@@ -131,14 +131,26 @@ def _budget_lines(b: dict[str, Any] | None) -> list[str]:
 
     margin = b.get("search_margin_points")
     spare = "" if margin is None else f" (searched with {margin:.2f} points to spare, {b.get('confidence', 0.95):.0%})"
-    lines = [
-        f"budget:       {b['budget']['text']}: {'met' if b['met'] else 'NOT met on the check images'}{spare}",
-        f"              naive INT8 on {b['search_images']} search images: {fig(b['naive_int8_on_search'])}",
-        f"              with {len(b['layers_kept_in_higher_precision'])} of {b['quantized_layers']} layers in "
-        f"{b['higher_precision']}: {fig(b['on_search'])}",
-        f"              on {b['check_images']} check images the search never used: {fig(b['on_check'])}",
-        f"              search: {b['trial_builds']} trial builds in {b['search_seconds']} s, {b['measured_with']}",
-    ]
+    pooled, probability = b.get("naive_int8_on_all"), b.get("naive_int8_probability_meets_budget")
+    lines = [f"budget:       {b['budget']['text']}: {'met' if b['met'] else 'NOT met on the check images'}{spare}"]
+    if pooled and probability is not None:
+        lines.append(f"              naive INT8 on all {pooled['images']} validation images: {fig(pooled)}; "
+                     f"probability it meets the budget {probability:.3f}")  # fmt: skip
+    lines.append(f"              naive INT8 on {b['search_images']} search images: {fig(b['naive_int8_on_search'])}")
+    chosen = b.get("chosen")
+    if chosen:
+        lines.append(f"              ships: {chosen['label']}, chosen by {chosen['by']}")
+    if b.get("stopped_at_naive"):
+        lines.append("              the search stopped at naive INT8: no layer kept in higher precision")
+    else:
+        lines += [
+            f"              with {len(b['layers_kept_in_higher_precision'])} of {b['quantized_layers']} layers in "
+            f"{b['higher_precision']}: {fig(b['on_search'])}",
+            f"              on {b['check_images']} check images the search never used: {fig(b['on_check'])}",
+        ]
+    lines.append(
+        f"              search: {b['trial_builds']} trial builds in {b['search_seconds']} s, {b['measured_with']}"
+    )
     speed = b.get("batch1_latency")
     if speed:
         lines.append(
@@ -183,7 +195,7 @@ def summary_lines(m: Manifest | Mapping[str, Any], *, brief: bool = False) -> li
             f"calibration {q.calibration_method} on {images} images",
             f"              layers kept in higher precision: {', '.join(q.layers_kept_in_higher_precision) or 'none'}",
         ]
-        lines += _budget_lines(q.budget)
+    lines += _budget_lines(m.budget_record)
     lines += _build_plan_lines(m.backend.build_plan)
     st = m.selftest
     lines.append(f"self-test:    {st.inputs} {st.source}, tolerance {st.tolerance} ({st.check})")

@@ -423,6 +423,7 @@ class _Prepared:
     num_classes: int
     calibration: ImageSet | None
     val_set: ImageSet | None
+    requested_precision: str | None = None  # what the request asked for, when the budget ships another
 
     def compile_into(
         self, staging: Path, excluded: tuple[str, ...] = (), precision: str | None = None
@@ -435,16 +436,17 @@ class _Prepared:
             calibration_percentile=self.request.calibration_percentile, keep_in_higher_precision=excluded,
         )  # fmt: skip
         result = registry.backend(self.target.backend).compile(job)
-        return _base_manifest(self.loaded, self.spec, self.target, precision, result, self.num_classes)
+        manifest = _base_manifest(self.loaded, self.spec, self.target, precision, result, self.num_classes)
+        if self.requested_precision and precision == self.precision:
+            manifest["precision"]["requested"] = self.requested_precision
+        return manifest
 
     def reference_infer(self, x: np.ndarray) -> np.ndarray:
         return self.reference.run(None, {self.spec.input.name: x})[0]
 
 
-def _apply_budget(
-    job: _Prepared, device, on_target: bool, measured_with: str
-) -> tuple[tuple[str, ...], dict, list[str]]:
-    """Run the accuracy-budget search on trial bundles; return the layers to keep in higher precision."""
+def _apply_budget(job: _Prepared, device, on_target: bool, measured_with: str) -> budgeting.Choice:
+    """Run the accuracy budget on trial bundles; return what it ships (precision, layers in higher precision)."""
     images, overlap = job.val_set.without(set(job.calibration.hashes))
     runtime_cls, _ = _eval_runtime(job.target, on_target)
 
@@ -455,33 +457,42 @@ def _apply_budget(
     trials = budgeting.Trials(trial, on_target, job.spec.input.shape)
     try:
         search_part, check_part = budgeting.parts(images, job.request.val, job.reference_infer, job.spec.task)
-        layers = budgeting.layers_for(job.loaded.onnx, job.spec, job.target)
+        blocks = budgeting.blocks_for(job.loaded.onnx, job.spec, job.target)
+        layers = [name for block in blocks for name in block]
         job.log(f"accuracy budget: {job.budget.describe()}; {len(layers)} quantized layers, "
                 f"{len(search_part)} search and {len(check_part)} check images")  # fmt: skip
-        excluded, record, warnings = budgeting.run(
-            budget=job.budget, layers=layers, trials=trials, search_part=search_part, check_part=check_part,
-            backend=job.target.backend, measured_with=measured_with, log=job.log,
+        choice = budgeting.run(
+            budget=job.budget, layers=layers, blocks=blocks, trials=trials, search_part=search_part,
+            check_part=check_part, backend=job.target.backend, measured_with=measured_with, log=job.log,
+            precisions=tuple(job.target.precisions),
         )  # fmt: skip
     finally:
         trials.close()
-    record["validation_images_also_in_calibration_set_excluded"] = overlap
-    return excluded, record, warnings
+    choice.record["validation_images_also_in_calibration_set_excluded"] = overlap
+    return choice
 
 
 def _build(job: _Prepared) -> CompiledBundle:
+    import dataclasses
+
     warnings: list[str] = []
     device, on_target, measured_with = _eval_device(job.target, job.log)
     excluded, budget_record = (), None
     if job.budget is not None:
-        excluded, budget_record, budget_warnings = _apply_budget(job, device, on_target, measured_with)
-        warnings += budget_warnings
+        choice = _apply_budget(job, device, on_target, measured_with)
+        excluded, budget_record = choice.excluded, choice.record
+        warnings += choice.warnings
+        if choice.precision != job.precision:  # the budget's answer: a higher precision holds it, or is faster
+            job = dataclasses.replace(job, precision=choice.precision, requested_precision=job.precision)
     with BundleWriter(job.request.output, pack=job.request.pack) as writer:
         job.log(f"compiling for {job.target.name} ({job.target.backend} {job.target.device}, {job.precision})")
         manifest = job.compile_into(writer.staging, excluded)
         warnings += onnxruntime_qdq.preparation_notes(manifest["quantization"])
         warnings += _record_calibration(manifest, job.calibration)
-        if budget_record is not None:
+        if budget_record is not None and manifest["quantization"] is not None:
             manifest["quantization"]["budget"] = budget_record
+        elif budget_record is not None:  # no INT8 in the bundle: the record stands on its own
+            manifest["budget"] = budget_record
         runtime_cls, simulated = _eval_runtime(job.target, on_target)
         runtime = _load_runtime(runtime_cls, writer.staging, manifest, device, job)
         try:
@@ -557,6 +568,8 @@ def _int8_speed_check(
     latency = manifest.get("latency") or {}
     if job.precision != "int8" or not latency.get("measured") or not job.request.compare_int8_with_fp32:
         return []
+    if ((manifest["quantization"] or {}).get("budget") or {}).get("batch1_latency"):
+        return []  # the budget timed FP32 against this bundle already, and chose it as the fastest that holds
     job.log("timing FP32 on the same target to compare with INT8")
     x = np.zeros(job.spec.input.with_batch(1).shape, np.float32)
     with tempfile.TemporaryDirectory(prefix="edgekit-fp32-") as tmp:

@@ -179,6 +179,13 @@ class Backend(ABC):
         return []
 
     @classmethod
+    def layer_blocks(cls, model: Any, *, spec: ModelSpec, target: Target) -> list[tuple[str, ...]]:
+        """``quantizable_layers`` in graph order, grouped into blocks an accuracy budget may keep whole (a
+        block in higher precision pays for one FP32 island, not one a layer). By default each layer is
+        its own block; the built-in backends end a block at each residual Add."""
+        return [(name,) for name in cls.quantizable_layers(model, spec=spec, target=target)]
+
+    @classmethod
     def named_files(cls, manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(manifest field, file name) for the backend's own files a (validated) manifest names, beyond
         ``backend.model_file`` and the self-test (which every bundle has)."""

@@ -384,6 +384,16 @@ class Manifest(Record):
     selftest: Selftest = spec(Selftest.CHECK)
     notes: tuple[str, ...] | None = spec(list_of(string), optional_key=True)
     files: dict[str, FileEntry] = spec(files_of(FileEntry.CHECK))
+    # An accuracy budget whose answer was not INT8 (fp16 or fp32 held it, or ran faster): its record, here
+    # because the bundle has no quantization record; an INT8 bundle keeps it in quantization.budget.
+    budget: dict[str, Any] | None = spec(optional(_BUDGET), optional_key=True)
+
+    @property
+    def budget_record(self) -> dict[str, Any] | None:
+        """The accuracy-budget record, wherever the bundle keeps it (``quantization.budget`` or ``budget``)."""
+        if self.quantization is not None and self.quantization.budget is not None:
+            return self.quantization.budget
+        return self.budget
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = MANIFEST) -> Manifest:

@@ -135,6 +135,16 @@ class _Batches:
 BUDGET_OPS = ("Convolution", "GroupConvolution", "MatMul", "Add")
 
 
+def layer_blocks(ov_model: Any) -> list[tuple[str, ...]]:
+    """``quantizable_layers`` grouped into blocks, each ending at a residual Add (see
+    ``onnxruntime_qdq.split_at_joins``)."""
+    from edgekit.quantize.onnxruntime_qdq import split_at_joins
+
+    names = quantizable_layers(ov_model)
+    kinds = {op.get_friendly_name(): op.get_type_name() for op in ov_model.get_ordered_ops()}
+    return split_at_joins([(name, kinds.get(name) == "Add") for name in names])
+
+
 def quantizable_layers(ov_model: Any) -> list[str]:
     """Friendly names of the weighted ops and Adds NNCF quantizes, in graph order: what ``IgnoredScope`` names.
 

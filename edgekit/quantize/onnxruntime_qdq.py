@@ -419,6 +419,31 @@ def quantizable_layers(model: Any, recipe: QDQRecipe = CPU_RECIPE) -> list[str]:
     return [n.name for n in graph.node if n.op_type in BUDGET_OPS and n.name]
 
 
+def layer_blocks(model: Any, recipe: QDQRecipe = CPU_RECIPE) -> list[tuple[str, ...]]:
+    """``quantizable_layers`` grouped into blocks: a block ends at each residual Add (a ResNet block, a
+    MobileNetV2 inverted residual, with the non-residual blocks before it; the head after the last Add)."""
+    onnx = require("onnx", extra="compile", purpose="INT8 quantization")
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-layers-") as tmp:
+        _model, prepped, _record = prepare(model, recipe, Path(tmp))
+        graph = onnx.load(str(prepped)).graph
+    return split_at_joins([(n.name, n.op_type == "Add") for n in graph.node if n.op_type in BUDGET_OPS and n.name])
+
+
+def split_at_joins(layers: list[tuple[str, bool]]) -> list[tuple[str, ...]]:
+    """(name, is a residual join) in graph order -> blocks, each ending at a join (the last may not)."""
+    blocks: list[tuple[str, ...]] = []
+    current: list[str] = []
+    for name, join in layers:
+        current.append(name)
+        if join:
+            blocks.append(tuple(current))
+            current = []
+    if current:
+        blocks.append(tuple(current))
+    return blocks
+
+
 # Ops that only move or clip activations: a layer kept in higher precision reads its input through them in
 # FP32 too, so they are kept with it (ONNX Runtime's CPU recipe quantizes their outputs).
 ACTIVATION_OPS = ("Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Concat")

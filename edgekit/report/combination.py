@@ -71,7 +71,7 @@ def run_bench(bundle: Path, seconds: float, timeout: float = 600) -> dict[str, A
 
 
 def _manifest_part(manifest: dict[str, Any]) -> dict[str, Any]:
-    keep = ("accuracy", "latency", "precision", "backend", "quantization", "notes", "created")
+    keep = ("accuracy", "latency", "precision", "backend", "quantization", "budget", "notes", "created")
     return {k: manifest.get(k) for k in keep}
 
 

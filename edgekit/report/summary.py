@@ -121,7 +121,7 @@ def row_of(record: dict[str, Any], fp32_top1: float, val_sha: str, host: str | N
         "timeline": record.get("timeline"),
         "bundle": record.get("bundle"),
         "inference_precision": record["manifest"]["precision"].get("inference"),
-        "budget": (record["manifest"].get("quantization") or {}).get("budget"),
+        "budget": (record["manifest"].get("quantization") or {}).get("budget") or record["manifest"].get("budget"),
         "notes": list(record.get("notes") or []) + list(record["manifest"].get("notes") or []),
     }
 

@@ -202,11 +202,22 @@ def speed_sentence(b: dict[str, Any]) -> str:
 
     s = b.get("batch1_latency")
     if not s:
-        return ""
-    text = (f"Batch 1 on this machine: {s['budgeted_ms']:.3f} ms against FP32's {s['fp32_ms']:.3f} ms "
+        return choice_sentence(b)
+    text = choice_sentence(b) + (" " if choice_sentence(b) else "") + (f"Batch 1 on this machine: {s['budgeted_ms']:.3f} ms against FP32's {s['fp32_ms']:.3f} ms "
             f"({s['budgeted_speedup_vs_fp32']:.2f}x; naive INT8 {s['naive_int8_speedup_vs_fp32']:.2f}x).")  # fmt: skip
     if s["budgeted_speedup_vs_fp32"] < WORTHWHILE_SPEEDUP:
         text += f" **This budget costs the INT8 speed-up** (under {WORTHWHILE_SPEEDUP:g}x FP32)."
+    return text
+
+
+def choice_sentence(b: dict[str, Any]) -> str:
+    """What the budget shipped and why, with the probability that naive INT8 meets it ('' for old records)."""
+    chosen, p = b.get("chosen"), b.get("naive_int8_probability_meets_budget")
+    if not chosen:
+        return ""
+    text = f"Ships {chosen['label']}, chosen by {chosen['by']}."
+    if p is not None:
+        text += f" Probability that naive INT8 meets the budget: {p:.3f}."
     return text
 
 

@@ -47,3 +47,9 @@ class ONNXRuntimeBackend(Backend):
         from edgekit.quantize import onnxruntime_qdq
 
         return onnxruntime_qdq.quantizable_layers(model)
+
+    @classmethod
+    def layer_blocks(cls, model: Any, *, spec: ModelSpec, target: Target) -> list[tuple[str, ...]]:
+        from edgekit.quantize import onnxruntime_qdq
+
+        return onnxruntime_qdq.layer_blocks(model)

@@ -53,6 +53,12 @@ class OpenVINOBackend(Backend):
         return compiler.quantizable_layers(model, target)
 
     @classmethod
+    def layer_blocks(cls, model: Any, *, spec: ModelSpec, target: Target) -> list[tuple[str, ...]]:
+        from edgekit.backends.openvino import compiler
+
+        return compiler.layer_blocks(model, target)
+
+    @classmethod
     def named_files(cls, manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
         """An IR's weights: model.bin beside model.xml."""
         model_file = manifest["backend"]["model_file"]

@@ -71,6 +71,11 @@ def _actual_precision(xml: Path, target: Target, hint: str, precision: str) -> s
     return f"int8 where quantized, {actual} elsewhere" if precision == "int8" else actual
 
 
+def layer_blocks(model: Any, target: Target) -> list[tuple[str, ...]]:
+    """The layers of ``quantizable_layers`` in blocks that end at residual Adds."""
+    return nncf_ov.layer_blocks(_to_ov(model, 1 if target.static_shapes else None))
+
+
 def quantizable_layers(model: Any, target: Target) -> list[str]:
     """The layers NNCF quantizes in this model's IR, by the names ``compile`` ignores when told to."""
     return nncf_ov.quantizable_layers(_to_ov(model, 1 if target.static_shapes else None))

@@ -65,6 +65,12 @@ class TensorRTBackend(Backend):
         return onnxruntime_qdq.quantizable_layers(model)
 
     @classmethod
+    def layer_blocks(cls, model: Any, *, spec: ModelSpec, target: Target) -> list[tuple[str, ...]]:
+        from edgekit.quantize import onnxruntime_qdq
+
+        return onnxruntime_qdq.layer_blocks(model)
+
+    @classmethod
     def named_files(cls, manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
         """The build plan's ONNX and calibration cache, and the INT8 calibration cache."""
         named = []
