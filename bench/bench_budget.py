@@ -215,7 +215,7 @@ def main() -> int:
                         print(json.dumps(rows[-1]), flush=True)
                         continue
                     rows.append(row(model, target, label, manifest, seconds))
-                    if holdout is not None and budget is not None:
+                    if holdout is not None and budget is not None and not rows[-1]["simulated"]:
                         rows[-1]["holdout"] = holdout_agreement(out, model, holdout)
                     paths[label] = out
                     print(json.dumps(rows[-1]), flush=True)

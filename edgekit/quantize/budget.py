@@ -436,10 +436,19 @@ def _with_blocks(excluded: tuple[str, ...], blocks: list[tuple[str, ...]]) -> se
     return whole
 
 
+# Candidates within this fraction of the fastest one's latency are as fast (a machine's noise): of those, the
+# most faithful ships (fp32, then fp16, then INT8 with the most layers in higher precision).
+SAME_SPEED = 0.05
+_FAITHFUL = {"fp32": 0, "fp16": 1, "int8": 2}
+
+
 def fastest(candidates: list[Candidate]) -> Candidate:
-    """The holding candidate with the lowest measured latency (ties: fewer layers in higher precision)."""
+    """The holding candidate with the lowest measured latency; of those within ``SAME_SPEED`` of it, the most
+    faithful (fp32 over fp16 over INT8, then more layers in higher precision)."""
     held = [c for c in candidates if c.holds and c.latency_ms is not None]
-    return min(held, key=lambda c: (c.latency_ms, c.precision != "int8", len(c.excluded)))
+    best = min(c.latency_ms for c in held)
+    tied = [c for c in held if c.latency_ms <= best * (1 + SAME_SPEED)]
+    return min(tied, key=lambda c: (_FAITHFUL.get(c.precision, 3), -len(c.excluded), c.latency_ms))
 
 
 def _rank(layers: list[str], measure, log, timed) -> tuple[list[dict[str, Any]], dict[str, tuple[float, Any]]]:
