@@ -211,3 +211,80 @@ def load_unlabelled(root: str | Path, spec: ModelSpec) -> ImageSet:
     if not ok:
         raise DataError(f"validation folder '{root}': none of its {len(paths)} images could be read")
     return ImageSet(ok, spec, None, skipped, sha, hashes)
+
+
+def annotations_file(root: str | Path) -> Path | None:
+    """A detection validation folder's COCO annotations: ``annotations.json`` in it, else its only ``*.json``."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    if (root / "annotations.json").is_file():
+        return root / "annotations.json"
+    found = sorted(root.glob("*.json"))
+    return found[0] if len(found) == 1 else None
+
+
+# A COCO file of a validation folder is read whole: at most this big (the COCO 2017 val file is 25 MB)
+MAX_ANNOTATIONS_BYTES = 256 << 20
+
+
+def load_detection(root: str | Path, spec: ModelSpec) -> ImageSet:
+    """A detector's validation folder: images and COCO annotations (``annotations_file``); each image's
+    ground truth (``GroundTruth``, boxes mapped into the model's input pixels by the spec's fit) is its label.
+
+    Categories are matched to the model's labels by name, else (all ids within the labels) by id order.
+    An image the annotations do not list is refused: a missing entry would count its objects as misses.
+    """
+    import json
+
+    from edgekit.tasks.detection.geometry import fit_image, to_input
+    from edgekit.tasks.detection.metrics import GroundTruth
+
+    root = Path(root)
+    path = annotations_file(root)
+    if path is None:
+        raise DataError(f"validation folder '{root}' has no COCO annotations; put them in {root}/annotations.json")
+    if path.stat().st_size > MAX_ANNOTATIONS_BYTES:
+        raise DataError(f"{path} is over {MAX_ANNOTATIONS_BYTES >> 20} MiB; split the validation set")
+    try:
+        coco = json.loads(path.read_text(encoding="utf-8"))
+        images = {im["file_name"]: (int(im["id"]), int(im["height"]), int(im["width"])) for im in coco["images"]}
+        cats = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
+        anns = [(int(a["image_id"]), int(a["category_id"]), [float(v) for v in a["bbox"]]) for a in coco["annotations"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not COCO annotations ({type(exc).__name__}: {exc}); give images, annotations "
+                        "(bbox [x, y, w, h]) and categories") from exc  # fmt: skip
+    labels = list(spec.labels)
+    if all(name in labels for name in cats.values()):
+        class_of = {cid: labels.index(name) for cid, name in cats.items()}
+    else:
+        ordered = sorted(cats)
+        if len(ordered) > len(labels):
+            raise DataError(f"{path}: {len(ordered)} categories but the model has {len(labels)} labels; "
+                            "name the categories as the model's labels")  # fmt: skip
+        class_of = {cid: i for i, cid in enumerate(ordered)}
+    boxes: dict[int, list[tuple[int, list[float]]]] = {}
+    for image_id, cid, (x, y, w, h) in anns:
+        if cid not in class_of:
+            raise DataError(f"{path}: an annotation names category {cid}, which is not among the categories")
+        boxes.setdefault(image_id, []).append((class_of[cid], [x, y, x + w, y + h]))
+    paths = find_images(root, what="validation folder")
+    unlisted = [p for p in paths if str(p.relative_to(root)).replace("\\", "/") not in images and p.name not in images]
+    if unlisted:
+        raise DataError(f"{path} does not list {len(unlisted)} of the folder's images (e.g. {unlisted[0].name}); "
+                        "annotate every image, or move it out")  # fmt: skip
+    ok, skipped, sha, hashes = _scan(paths, spec)
+    if not ok:
+        raise DataError(f"validation folder '{root}': none of its {len(paths)} images could be read")
+    hw = spec.input.hw
+    mode = "letterbox" if spec.preprocess.fit == "letterbox" else "stretch"
+    truth = []
+    for p in ok:
+        image_id, h, w = images.get(str(p.relative_to(root)).replace("\\", "/")) or images[p.name]
+        fit = fit_image((h, w), hw, mode)
+        entries = boxes.get(image_id, [])
+        b = np.array([e[1] for e in entries], np.float32).reshape(-1, 4)
+        truth.append(GroundTruth(to_input(b, fit), np.array([e[0] for e in entries], np.int64)))
+    labels_arr = np.empty(len(truth), dtype=object)
+    labels_arr[:] = truth
+    return ImageSet(ok, spec, labels_arr, skipped, sha, hashes)

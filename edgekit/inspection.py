@@ -93,6 +93,14 @@ def _accuracy_lines(acc: Accuracy | None) -> list[str]:
     if acc.value is None:
         return [f"accuracy:     agreement with FP32 {acc.agreement_with_fp32:.2f}% on {acc.dataset.images} "
                 f"unlabelled images, measured with {acc.measured_with}"]  # fmt: skip
+    if not hasattr(acc.value, "top1"):  # a detector
+        v, f = acc.value, acc.fp32
+        return [
+            f"accuracy:     mAP@[.5:.95] {v.map50_95:.2f}% (FP32 {f.map50_95:.2f}%, drop {acc.drop_points:+.2f} points), "
+            f"mAP@.5 {v.map50:.2f}%; at score {v.score_threshold:g}: precision {v.precision:.2f}%, recall "
+            f"{v.recall:.2f}%; agreement with FP32 (F1) {acc.agreement_with_fp32:.2f}%",
+            f"              on {acc.dataset.images} images, measured with {acc.measured_with}",
+        ]
     return [
         f"accuracy:     top-1 {acc.value.top1:.2f}% (FP32 {acc.fp32.top1:.2f}%, drop "
         f"{acc.drop_points:+.2f} points), top-5 {acc.value.top5:.2f}%, "

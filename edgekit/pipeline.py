@@ -99,20 +99,49 @@ def reference_session(loaded: LoadedModel, spec: specs.ModelSpec) -> tuple[Any, 
 
 def _check_runs(session, spec: specs.ModelSpec) -> int:
     """Run a zero input through the FP32 model; return the number of classes it outputs."""
-    x = np.zeros(spec.input.with_batch(1).shape, np.float32)
-    try:
-        out = session.run(None, {spec.input.name: x})[0]
-    except Exception as exc:
-        raise UsageError(
-            f"the model does not run on an input of shape {list(x.shape)} ({str(exc).splitlines()[0][:200]}); "
-            "fix --input-shape or the preprocessing size"
-        ) from exc
+    outputs = _run_zero(session, spec)
+    out = outputs[0]
+    if spec.task == "detection":
+        return _check_detector(outputs, spec)
     if out.ndim != 2:
         raise UsageError(
             f"the model's output has shape {list(out.shape)}; edgekit compiles classifiers "
             "with an output of (batch, classes)"
         )
     return int(out.shape[1])
+
+
+def _run_zero(session, spec: specs.ModelSpec) -> list[np.ndarray]:
+    x = np.zeros(spec.input.with_batch(1).shape, np.float32)
+    try:
+        return session.run(None, {spec.input.name: x})
+    except Exception as exc:
+        raise UsageError(
+            f"the model does not run on an input of shape {list(x.shape)} ({str(exc).splitlines()[0][:200]}); "
+            "fix --input-shape or the preprocessing size"
+        ) from exc
+
+
+def _check_detector(outputs: list[np.ndarray], spec: specs.ModelSpec) -> int:
+    """A detector's outputs against its [detection] section (one ModelError line naming both shapes); the
+    number of classes. The runtimes return a model's first output, so detectors with one output run."""
+    from edgekit.tasks.detection.config import DetectionConfig
+
+    config = DetectionConfig.from_dict(spec.detection)
+    layout = config.check_outputs([o.shape for o in outputs], spec.input.hw)
+    if len(outputs) != 1:
+        raise ModelError(
+            f"the detector has {len(outputs)} outputs ({', '.join(str(list(o.shape)) for o in outputs)}); this "
+            "edgekit runs detectors with one output (yolov8, yolov5 or boxes): concatenate SSD's boxes and "
+            "scores into one output, or export with NMS in the graph"
+        )
+    return int(layout.num_classes)
+
+
+def output_shape(session, spec: specs.ModelSpec) -> list[int]:
+    """The model's (first) output shape, batch first (-1 when the batch is dynamic)."""
+    shape = list(_run_zero(session, spec)[0].shape)
+    return [-1 if spec.input.dynamic_batch else spec.input.shape[0], *shape[1:]]
 
 
 def _resolve_spec(loaded: LoadedModel, overrides: dict[str, Any], val: Path | None, target: Target) -> specs.ModelSpec:
@@ -152,9 +181,11 @@ def _drop_warning(accuracy: dict[str, Any], precision: str, threshold: float) ->
     drop = accuracy["drop_points"]
     if precision != "int8" or drop <= threshold:
         return []
+    key = "top1" if "top1" in accuracy["value"] else accuracy["metric"]
+    name = {"top1": "top-1", "map50_95": "mAP@[.5:.95]"}.get(key, key)
     return [
-        f"simulated INT8 top-1 is {drop:.2f} points below FP32 ({accuracy['fp32']['top1']:.2f}% -> "
-        f"{accuracy['value']['top1']:.2f}%), more than {threshold:g}; try --calib-method entropy or "
+        f"simulated INT8 {name} is {drop:.2f} points below FP32 ({accuracy['fp32'][key]:.2f}% -> "
+        f"{accuracy['value'][key]:.2f}%), more than {threshold:g}; try --calib-method entropy or "
         "percentile, or more calibration images"
     ]
 
@@ -166,8 +197,10 @@ def _base_manifest(
     precision: str,
     result: CompileResult,
     num_classes: int,
+    output: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     labels = list(spec.labels) or [f"class_{i}" for i in range(num_classes)]
+    shape = list(output) if output else [-1 if spec.input.dynamic_batch else spec.input.shape[0], num_classes]
     return {
         "schema_version": SCHEMA_VERSION,
         "edgekit_version": __version__,
@@ -178,13 +211,10 @@ def _base_manifest(
             "source": {"format": loaded.source_format, "file": loaded.source_name, "sha256": loaded.source_sha256},
         },
         "input": {**_asdict(spec.input), "dynamic_batch": spec.input.dynamic_batch},
-        "output": {
-            "name": loaded.onnx.graph.output[0].name,
-            "shape": [-1 if spec.input.dynamic_batch else spec.input.shape[0], num_classes],
-        },
-        "preprocess": _asdict(spec.preprocess),
+        "output": {"name": loaded.onnx.graph.output[0].name, "shape": shape},
+        "preprocess": _preprocess_record(spec.preprocess),
         "labels": labels,
-        "postprocess": get_task(spec.task).postprocess_record(spec.output_kind, (-1, num_classes)),
+        "postprocess": get_task(spec.task).postprocess_record(spec.output_kind, shape, spec=spec),
         "target": {
             "name": target.name,
             "backend": target.backend,
@@ -212,6 +242,15 @@ def _base_manifest(
     }
 
 
+def _preprocess_record(pre: specs.PreprocessSpec) -> dict[str, Any]:
+    """The manifest's preprocess record; ``fit`` and ``pad_value`` only for a letterbox (a classifier's
+    record is as it always was)."""
+    record = _asdict(pre)
+    if pre.fit == "resize":
+        del record["fit"], record["pad_value"]
+    return record
+
+
 def _asdict(obj: Any) -> dict[str, Any]:
     import dataclasses
 
@@ -226,13 +265,14 @@ def _accuracy(
     labels: list[str],
     measured_with: str,
     batch: int,
+    task: Any = None,
 ) -> dict[str, Any]:
     # two streamed passes, one a model: alternating two ONNX Runtime sessions batch by batch makes their
     # spinning thread pools fight over the cores (measured: 31 s against 3 s for 10,000 CIFAR-10 images)
     ref_out = ev.run_batches(lambda x: reference.run(None, {spec.input.name: x})[0], val, batch)
     out = ev.run_batches(runtime.infer, val, batch)
     dataset = {"images": len(val.paths), "skipped": len(val.skipped), "sha256": val.sha256}
-    task = get_task(spec.task)
+    task = task or get_task(spec.task)
     if val.labels is None:  # unlabelled images: only agreement with FP32 can be measured
         return {
             "metric": "agreement_with_fp32", "dataset": {**dataset, "labelled": False}, "fp32": None, "value": None,
@@ -256,12 +296,12 @@ def _accuracy(
 
 
 def _selftest(runtime, staging: Path, pool: np.ndarray | ImageSet, precision: str, source: str,
-              task: str = "classification") -> dict[str, Any]:  # fmt: skip
+              task: Any = "classification") -> dict[str, Any]:  # fmt: skip
     """Keep the stored inputs whose answer is least ambiguous (a classifier's top-1), so a faithful runtime
     always agrees."""
     candidates = pool[:64] if isinstance(pool, np.ndarray) else pool.head(64)
     outputs = np.concatenate([runtime.infer(candidates[i : i + 1]) for i in range(len(candidates))])
-    margin = get_task(task).selftest_margin(outputs)
+    margin = (get_task(task) if isinstance(task, str) else task).selftest_margin(outputs)
     pick = np.sort(np.argsort(-margin, kind="stable")[:SELFTEST_INPUTS])
     selftest.save(staging / selftest.SELFTEST_FILE, candidates[pick], outputs[pick].astype(np.float32))
     return {
@@ -399,6 +439,17 @@ def _validation(val_path: Path | None, spec: specs.ModelSpec, budget: Budget | N
     """Labelled images (class folders), or, for an agreement budget, any images when they have no labels."""
     if val_path is None:
         return None
+    if spec.task == "detection":
+        from edgekit.imagesets import annotations_file, load_detection
+
+        if annotations_file(val_path) is not None:
+            return load_detection(val_path, spec)
+        if budget is None or budget.needs_labels:
+            raise UsageError(
+                f"validation folder '{val_path}' has no COCO annotations (annotations.json) to measure the "
+                "detector's mAP on; add them, or give --min-agreement, which needs no labels"
+            )
+        return load_unlabelled(val_path, spec)
     if budget is not None and not budget.needs_labels:
         folders = class_folders(val_path) if val_path.is_dir() else []
         if not folders or not set(folders) <= set(spec.labels):
@@ -436,7 +487,8 @@ class _Prepared:
             calibration_percentile=self.request.calibration_percentile, keep_in_higher_precision=excluded,
         )  # fmt: skip
         result = registry.backend(self.target.backend).compile(job)
-        manifest = _base_manifest(self.loaded, self.spec, self.target, precision, result, self.num_classes)
+        shape = output_shape(self.reference, self.spec) if self.spec.task != "classification" else None
+        manifest = _base_manifest(self.loaded, self.spec, self.target, precision, result, self.num_classes, shape)
         if self.requested_precision and precision == self.precision:
             manifest["precision"]["requested"] = self.requested_precision
         return manifest
@@ -612,10 +664,11 @@ def _measure(job: _Prepared, runtime, manifest, staging: Path, measured_with: st
     warnings: list[str] = []
     spec, val_set = job.spec, job.val_set
     batch = 64 if spec.input.dynamic_batch else spec.input.shape[0]
+    task = get_task(spec.task).bind(manifest["postprocess"])
     if val_set is not None:
         job.log(f"measuring accuracy on {len(val_set.paths)} validation images")
         manifest["accuracy"] = _accuracy(
-            runtime, job.reference, spec, val_set, manifest["labels"], measured_with, batch
+            runtime, job.reference, spec, val_set, manifest["labels"], measured_with, batch, task
         )
         if simulated:
             manifest["accuracy"]["simulated"] = True
@@ -627,7 +680,7 @@ def _measure(job: _Prepared, runtime, manifest, staging: Path, measured_with: st
         pool, source = val_set, "validation images"
     else:
         pool, source = _synthetic(spec)
-    manifest["selftest"] = _selftest(runtime, staging, pool, job.precision, source, job.spec.task)
+    manifest["selftest"] = _selftest(runtime, staging, pool, job.precision, source, task)
     manifest["latency"] = _latency(runtime, spec, on_target, measured_with)
     return warnings
 

@@ -16,6 +16,7 @@ from edgekit.errors import UsageError
 from edgekit.tasks import unsupported
 
 RESIZE_MODES = ("bilinear", "nearest", "bicubic", "area")
+FITS = ("resize", "letterbox")
 COLOR_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -65,7 +66,9 @@ class PreprocessSpec:
 
     ``resize`` is (height, width) to resize to exactly, or one int: resize the shorter side to it,
     keeping the aspect ratio. ``crop`` is a centre crop (height, width) taken after the resize.
-    Pixel values become ``(pixel * scale - mean) / std`` per channel, in ``color_order``.
+    ``fit`` "letterbox" (detectors) instead resizes keeping the aspect ratio so the image fits the input,
+    and pads both sides with ``pad_value`` (``edgekit.tasks.detection.geometry.fit_image``); resize and
+    crop are then unused. Pixel values become ``(pixel * scale - mean) / std`` per channel, in ``color_order``.
     """
 
     resize: tuple[int, int] | int | None = None
@@ -75,8 +78,14 @@ class PreprocessSpec:
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    fit: str = "resize"
+    pad_value: int = 114
 
     def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise UsageError(f"preprocess fit '{self.fit}' is not one of {', '.join(FITS)}")
+        if isinstance(self.pad_value, bool) or not isinstance(self.pad_value, int) or not 0 <= self.pad_value <= 255:
+            raise UsageError(f"preprocess pad_value {self.pad_value!r} is not a pixel value; give 0 to 255")
         if self.resize_mode not in RESIZE_MODES:
             raise UsageError(f"resize mode '{self.resize_mode}' is not one of {', '.join(RESIZE_MODES)}")
         if self.color_order not in COLOR_ORDERS:
@@ -97,11 +106,17 @@ class ModelSpec:
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     labels: tuple[str, ...] = ()
     output_kind: str = "logits"  # "logits" (softmax applied after) or "probabilities"
+    detection: dict[str, Any] | None = None  # a detector's checked [detection] section (DetectionConfig.to_dict)
 
     def __post_init__(self) -> None:
         why = unsupported(self.task)
         if why is not None:
             raise UsageError(f"{why}; fix the model spec's 'task'")
+        if (self.task == "detection") != (self.detection is not None):
+            raise UsageError(
+                "a detection model spec needs a [detection] section (and only a detector has one); "
+                'see the README\'s "Object detection"'
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +130,7 @@ class ModelSpec:
             preprocess=_preprocess_from(data["preprocess"]),
             labels=tuple(data["labels"]),
             output_kind=data.get("output_kind", "logits"),
+            detection=data.get("detection"),
         )
 
 
@@ -142,7 +158,7 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML ({exc})") from exc
     allowed = {
-        "": {"name", "task", "labels", "output_kind", "input", "preprocess"},
+        "": {"name", "task", "labels", "output_kind", "input", "preprocess", "detection"},
         "input.": {f.name for f in dataclasses.fields(InputSpec)},
         "preprocess.": {f.name for f in dataclasses.fields(PreprocessSpec)},
     }
@@ -215,14 +231,43 @@ def build_spec(
     input_spec = _input_from(inp)
     pre = {k: v for k, v in overrides.get("preprocess", {}).items() if v is not None}
     pre.setdefault("resize", input_spec.hw)
+    task = overrides.get("task") or "classification"
+    labels = tuple(overrides.get("labels") or ())
+    detection = _detection(overrides.get("detection"), task, labels, pre)
     return ModelSpec(
         name=overrides.get("name") or "model",
-        task=overrides.get("task") or "classification",
+        task=task,
         input=input_spec,
         preprocess=_preprocess_from(pre),
-        labels=tuple(overrides.get("labels") or ()),
+        labels=labels,
         output_kind=overrides.get("output_kind") or "logits",
+        detection=detection,
     )
+
+
+def _detection(section: Any, task: str, labels: tuple[str, ...], pre: dict[str, Any]) -> dict[str, Any] | None:
+    """A detector's [detection] section, checked (``DetectionConfig``), with the class count from the labels
+    when it gives none; its ``fit`` and ``pad_value`` become the preprocessing's (in ``pre``)."""
+    if task != "detection":
+        if section is not None:
+            raise UsageError("the model spec has a [detection] section but its task is not 'detection'; "
+                             "set task = \"detection\" or remove the section")  # fmt: skip
+        return None
+    if not isinstance(section, dict):
+        raise UsageError("a detection model spec needs a [detection] section with at least its format, e.g. "
+                         "format = \"yolov8\"; see the README's \"Object detection\"")  # fmt: skip
+    from edgekit.tasks.detection.config import DetectionConfig
+
+    section = dict(section)
+    if labels and "num_classes" not in section:
+        section["num_classes"] = len(labels)
+    config = DetectionConfig.from_dict(section)
+    if config.num_classes is not None and labels and config.num_classes != len(labels):
+        raise UsageError(f"[detection] num_classes is {config.num_classes} but {len(labels)} labels were given; "
+                         "give one label a class")  # fmt: skip
+    if config.fit == "letterbox":
+        pre["fit"], pre["pad_value"] = "letterbox", config.pad_value
+    return config.to_dict()
 
 
 def _check_size_given(shape: tuple[int, ...], layout: str, name: str) -> None:

@@ -58,8 +58,8 @@ def test_the_runtime_reads_the_input_labels_and_task_from_the_typed_manifest(ser
         assert b.input.shape == static.shape and b.static_batch == 1
         assert b.predict(IMAGE).label in labels
         assert summary(b)["input"]["shape"] == [1, 3, 32, 32]
-    with pytest.raises(BundleError, match=r"manifest field 'model\.task': task 'detection' is not supported yet"):
-        _load(serve_bundle, model=dataclasses.replace(info.model, task="detection"))
+    with pytest.raises(BundleError, match=r"manifest field 'model\.task': task 'segmentation' is not supported yet"):
+        _load(serve_bundle, model=dataclasses.replace(info.model, task="segmentation"))
 
 
 def test_the_self_test_reads_the_typed_selftest(serve_bundle):  # noqa: F811

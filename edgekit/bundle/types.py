@@ -213,6 +213,8 @@ class Preprocess(Record):
     scale: float | None = spec(number(0, lo_open=True), optional_key=True)
     mean: tuple[float, float, float] | None = spec(list_of(number(), length=3), optional_key=True)
     std: tuple[float, float, float] | None = spec(std, optional_key=True)
+    fit: str | None = spec(one_of("resize", "letterbox"), optional_key=True)
+    pad_value: int | None = spec(integer(0, 255), optional_key=True)
 
 
 @record
@@ -298,6 +300,21 @@ class TopK(Record):
 
 
 @record
+class DetectionScores(Record):
+    """A detector's COCO mAP@[.5:.95] and mAP@.5, and precision, recall and F1 at its score threshold, in %."""
+
+    map50_95: float | None = spec(optional(number()))
+    map50: float | None = spec(optional(number()))
+    precision: float | None = spec(optional(number()), optional_key=True)
+    recall: float | None = spec(optional(number()), optional_key=True)
+    f1: float | None = spec(optional(number()), optional_key=True)
+    score_threshold: float | None = spec(number(0, 1), optional_key=True)
+
+
+_SCORES = either(TopK.CHECK, DetectionScores.CHECK, want="top-1 figures or a detector's mAP figures")
+
+
+@record
 class Dataset(Record):
     """The validation images."""
 
@@ -311,8 +328,8 @@ class Dataset(Record):
 class Accuracy(Record):
     """Accuracy measured at compile time on the validation images."""
 
-    value: TopK | None = spec(optional(TopK.CHECK))
-    fp32: TopK | None = spec(optional(TopK.CHECK), optional_key=True)
+    value: TopK | DetectionScores | None = spec(optional(_SCORES))
+    fp32: TopK | DetectionScores | None = spec(optional(_SCORES), optional_key=True)
     drop_points: float | None = spec(optional(number()), optional_key=True)
     agreement_with_fp32: float = spec(number())
     dataset: Dataset = spec(Dataset.CHECK)

@@ -55,10 +55,12 @@ def quantize(
     method: str | None = None,
     percentile: float | None = None,
     recipe: NNCFRecipe = DEFAULT_RECIPE,
+    keep_output_tail: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Quantize an ``openvino.Model`` on preprocessed calibration tensors; return it and its provenance.
 
-    ``method`` and ``percentile`` default to the recipe's.
+    ``method`` and ``percentile`` default to the recipe's. ``keep_output_tail`` puts the ops after the last
+    weighted layers (``output_tail``: a detector's decoding) in NNCF's ignored scope too.
     """
     nncf = require("nncf", extra="compile", purpose="OpenVINO INT8 quantization")
     import logging
@@ -73,7 +75,9 @@ def quantize(
     # search's dozens of trial builds. A static-batch model takes its own batch.
     batch = static_batch or max(d for d in range(1, min(32, len(tensors)) + 1) if len(tensors) % d == 0)
     items = _Batches(tensors, batch)
-    ignored = nncf.IgnoredScope(names=list(ignored_names)) if ignored_names else None
+    tail = output_tail(ov_model) if keep_output_tail else []
+    names = list(ignored_names) + [n for n in tail if n not in ignored_names]
+    ignored = nncf.IgnoredScope(names=names, validate=False) if names else None
     kwargs = {"ignored_scope": ignored} if ignored else {}
     estimator = _range_estimator(method, percentile)
     if method != "mean-minmax":  # NNCF's own default needs no advanced parameters
@@ -113,7 +117,34 @@ def quantize(
         "range_estimator": RANGE_ESTIMATORS[method],
         **({"percentile": percentile} if method == "percentile" else {}),
         "layers_kept_in_higher_precision": sorted(ignored_names),
+        **({"output_tail_in_float": tail} if tail else {}),
     }
+
+
+WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
+_NOT_OPS = ("Constant", "Parameter", "Result")
+
+
+def output_tail(ov_model: Any) -> list[str]:
+    """Friendly names of the ops after the last weighted layers (see ``onnxruntime_qdq.output_tail``), in order."""
+    ops = [op for op in ov_model.get_ordered_ops() if op.get_type_name() not in _NOT_OPS]
+    reaches: dict[str, bool] = {}
+    for op in reversed(ops):
+        consumers = [t.get_node() for out in op.outputs() for t in out.get_target_inputs()]
+        reaches[op.get_friendly_name()] = any(
+            c.get_type_name() in WEIGHTED_OPS or reaches.get(c.get_friendly_name(), False) for c in consumers
+        )
+    fed: set[str] = set()
+    tail = []
+    for op in ops:
+        name = op.get_friendly_name()
+        producers = [i.get_source_output().get_node().get_friendly_name() for i in op.inputs()]
+        from_weighted = any(p in fed for p in producers)
+        if op.get_type_name() in WEIGHTED_OPS or from_weighted:
+            fed.add(name)
+        if op.get_type_name() not in WEIGHTED_OPS and from_weighted and not reaches[name]:
+            tail.append(name)
+    return tail
 
 
 class _Batches:

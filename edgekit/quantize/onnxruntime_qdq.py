@@ -335,17 +335,21 @@ def quantize(
     static_batch: int | None = None,
     nodes_to_exclude: tuple[str, ...] = (),
     prepared_out: Path | None = None,
+    keep_output_tail: bool = False,
 ) -> dict[str, Any]:
     """Write a Q/DQ INT8 copy of ``model`` (an onnx.ModelProto) to ``out``; return its provenance.
 
     ``prepared_out``, if given, receives the pre-processed FP32 graph that was quantized: its tensor
-    names are the ones the Q/DQ graph's scales belong to.
+    names are the ones the Q/DQ graph's scales belong to. ``keep_output_tail`` keeps the ops after the last
+    weighted layers in float (``output_tail``: a detector's box decoding, sigmoid and concatenation).
     """
     ort = require("onnxruntime", extra="compile", purpose="INT8 quantization")
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as tmp:
         model, prepped, preparation = prepare(model, recipe, Path(tmp))
+        tail = output_tail(prepped) if keep_output_tail else []
+        nodes_to_exclude = tuple(nodes_to_exclude) + tuple(n for n in tail if n not in nodes_to_exclude)
         act = QuantType.QUInt8 if recipe.activations == "uint8" else QuantType.QInt8
         batch = static_batch or _dynamic_batch(len(tensors), recipe.method)
         reader = _Reader(input_name, tensors, batch)
@@ -389,14 +393,49 @@ def quantize(
             if recipe.method == "mse"
             else {}
         ),
-        "layers_kept_in_higher_precision": sorted(nodes_to_exclude),
+        "layers_kept_in_higher_precision": sorted(n for n in nodes_to_exclude if n not in tail),
         **preparation,
     }
+    if tail:
+        provenance["output_tail_in_float"] = tail
     if not recipe.quantize_bias:
         provenance["bias"] = "float (not quantized)"
     if recipe.op_types != OPS_TO_QUANTIZE:
         provenance["quantized_op_types"] = list(recipe.op_types)
     return provenance
+
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def output_tail(prepped: Path | Any) -> list[str]:
+    """The ops after the model's last weighted layers (those from which no Conv, Gemm or MatMul is reached
+    on the way to an output, and that a weighted layer feeds), in graph order: a detector's box decoding,
+    score activations and box/score concatenation, which INT8 rounds badly (pixel coordinates and 0-1
+    scores in one quantized tensor round the scores to zero), so the detection recipes keep them in float."""
+    onnx = require("onnx", extra="compile", purpose="INT8 quantization")
+    graph = (onnx.load(str(prepped)) if isinstance(prepped, (str, Path)) else prepped).graph
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for tensor in node.input:
+            consumers.setdefault(tensor, []).append(node)
+    reaches_weighted: dict[str, bool] = {}
+    for node in reversed(graph.node):  # graph order is topological: consumers come later
+        reaches_weighted[node.name] = any(
+            c.op_type in WEIGHTED_OPS or reaches_weighted.get(c.name, False)
+            for t in node.output
+            for c in consumers.get(t, [])
+        )
+    fed: set[str] = set()
+    tail = []
+    for node in graph.node:
+        producers_fed = any(t in fed for t in node.input)
+        after_weighted = node.op_type in WEIGHTED_OPS or producers_fed
+        if after_weighted:
+            fed.update(node.output)
+        if node.op_type not in WEIGHTED_OPS and producers_fed and not reaches_weighted[node.name] and node.name:
+            tail.append(node.name)
+    return tail
 
 
 # What an accuracy budget may return to higher precision: the weighted layers and the residual Adds (whose

@@ -69,6 +69,22 @@ def _center_crop(image: np.ndarray, crop: tuple[int, int] | None) -> np.ndarray:
     return image[top : top + ch, left : left + cw]
 
 
+def letterbox(image: np.ndarray, input_hw: tuple[int, int], spec: PreprocessSpec) -> np.ndarray:
+    """Resize keeping the aspect ratio to fit ``input_hw``, then pad with ``spec.pad_value`` (the geometry is
+    ``fit_image``'s, which a detector's decoding inverts)."""
+    from edgekit.tasks.detection.geometry import fit_image
+
+    fit = fit_image(image.shape[:2], input_hw, "letterbox")
+    h, w = fit.resized_hw
+    if (h, w) != image.shape[:2]:
+        image = cv2.resize(image, (w, h), interpolation=_INTERP[spec.resize_mode])
+    top, bottom, left, right = fit.padding
+    if top or bottom or left or right:
+        value = (spec.pad_value,) * 3
+        image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=value)
+    return image
+
+
 def preprocess(image: np.ndarray, spec: PreprocessSpec, inp: InputSpec, *, color_order: str = "BGR") -> np.ndarray:
     """HWC uint8 image (``color_order`` BGR or RGB) -> one input tensor without the batch dimension."""
     if image.ndim == 2:
@@ -80,7 +96,10 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec, inp: InputSpec, *, color
         image = image[:, :, :3]
     if color_order.upper() not in ("BGR", "RGB"):
         raise UsageError(f"color_order must be 'BGR' or 'RGB', not {color_order!r}")
-    image = _center_crop(_resize(image, spec), spec.crop)
+    if spec.fit == "letterbox":
+        image = letterbox(image, inp.hw, spec)
+    else:
+        image = _center_crop(_resize(image, spec), spec.crop)
     if image.shape[:2] != inp.hw:
         raise DataError(
             f"preprocessed image is {image.shape[0]}x{image.shape[1]} but the model takes "

@@ -47,7 +47,6 @@ class Bundle:
                 f"{self.path}: manifest field 'model.task': {why}; this edgekit cannot run the bundle "
                 "(recompile it, or run it with the edgekit that built it)"
             )
-        self.task: Task = get_task(m.model.task)
         self.input = InputSpec(name=m.input.name, shape=tuple(m.input.shape), layout=m.input.layout,
                                dtype=m.input.dtype)  # fmt: skip
         pre = m.preprocess
@@ -56,6 +55,7 @@ class Bundle:
         self.labels: list[str] = list(m.labels)
         self.output_kind: str = m.postprocess.output or "logits"
         self._postprocess: dict[str, Any] = m.postprocess.to_dict()  # what the task's decode reads
+        self.task: Task = get_task(m.model.task).bind(self._postprocess)
         if not registry.is_registered(m.backend.name):  # the name is the bundle's: shown escaped, with the path
             raise BundleError(
                 f"{self.path}: manifest field 'backend.name' is {m.backend.name!r}, which is not a backend registered "
@@ -136,12 +136,17 @@ class Bundle:
     def predict_batch(
         self, images: Sequence[ImageLike], *, top_k: int = 5, color_order: str = "RGB"
     ) -> list[TaskResult]:
-        batch = np.stack([self.preprocess(im, color_order=color_order) for im in images])
-        return self.postprocess(self.infer(batch), top_k=top_k)
+        """Results of several images, in one batch; a detector's boxes are in each image's own pixels."""
+        decoded = [(read_image(im), "BGR") if isinstance(im, (str, Path)) else (im, color_order) for im in images]
+        batch = np.stack([preprocess(im, self.preprocess_spec, self.input, color_order=order) for im, order in decoded])
+        return self.postprocess(self.infer(batch), top_k=top_k, sizes=[im.shape[:2] for im, _ in decoded])
 
-    def postprocess(self, outputs: np.ndarray, *, top_k: int = 5) -> list[TaskResult]:
-        """Raw outputs of a batch -> one result per input, decoded by the bundle's task."""
-        return self.task.decode(outputs, self._postprocess, self.labels, top_k=top_k)
+    def postprocess(
+        self, outputs: np.ndarray, *, top_k: int = 5, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[TaskResult]:
+        """Raw outputs of a batch -> one result per input, decoded by the bundle's task; ``sizes`` (each source
+        image's height and width) put a detector's boxes in the source images' pixels."""
+        return self.task.decode(outputs, self._postprocess, self.labels, top_k=top_k, sizes=sizes)
 
     def describe(self) -> dict[str, Any]:
         return self.runtime.describe()

@@ -84,7 +84,8 @@ class Engine:
             bundle = self.bundle
             start = time.perf_counter()
             batch = bundle.preprocess(image, color_order="BGR")[None]
-            prediction = bundle.postprocess(bundle.infer(batch), top_k=top_k or self.top_k)[0]
+            prediction = bundle.postprocess(bundle.infer(batch), top_k=top_k or self.top_k,
+                                            sizes=[image.shape[:2]])[0]  # fmt: skip
             seconds = time.perf_counter() - start
         return Inference(prediction, seconds, bundle.hash, self.info["model"]["name"])
 
@@ -105,7 +106,8 @@ class Engine:
             ):
                 raise StaleInput("the bundle was reloaded with other preprocessing while the image was decoded")
             start = time.perf_counter()
-            prediction = bundle.postprocess(bundle.infer(prepared.tensor[None]), top_k=top_k or self.top_k)[0]
+            prediction = bundle.postprocess(bundle.infer(prepared.tensor[None]), top_k=top_k or self.top_k,
+                                            sizes=[(prepared.height, prepared.width)])[0]  # fmt: skip
             seconds = time.perf_counter() - start + prepared.seconds
         return Inference(prediction, seconds, bundle.hash, self.info["model"]["name"])
 

@@ -16,9 +16,12 @@ if TYPE_CHECKING:
     from edgekit.tasks.base import Task
 
 # name -> "module:class", imported on first use
-_BUILTIN = {"classification": "edgekit.tasks.classification:Classification"}
+_BUILTIN = {
+    "classification": "edgekit.tasks.classification:Classification",
+    "detection": "edgekit.tasks.detection.task:Detection",
+}
 # names edgekit knows of but does not run yet: a spec or bundle naming one is refused as "not supported yet"
-PLANNED = ("detection",)
+PLANNED = ("segmentation",)
 
 _registered: dict[str, Task] = {}
 _loaded: dict[str, Task] = {}

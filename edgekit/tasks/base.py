@@ -67,18 +67,34 @@ class Task(ABC):
     name: ClassVar[str]
     metric: ClassVar[str]  # the headline metric's name, as in a manifest's ``accuracy.metric``
     mismatch_name: ClassVar[str]  # what a self-test mismatch counts, as a plural noun ("top-1 mismatches")
+    # INT8 keeps the ops after the last weighted layers in float (a detector's decoding and concatenation)
+    keeps_output_tail_in_float: ClassVar[bool] = False
+
+    def bind(self, postprocess: Mapping[str, Any]) -> Task:
+        """This task for one model, whose manifest ``postprocess`` record is given: the methods below that
+        take no record (``agreement``, ``evaluate``, the self-test's) need it for a task whose outputs mean
+        nothing without their config (a detector's). A task that needs none returns itself."""
+        return self
 
     @abstractmethod
     def decode(
-        self, outputs: np.ndarray, postprocess: Mapping[str, Any], labels: Sequence[str], *, top_k: int = 5
+        self,
+        outputs: np.ndarray,
+        postprocess: Mapping[str, Any],
+        labels: Sequence[str],
+        *,
+        top_k: int = 5,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[TaskResult]:
         """Raw outputs of a batch (N, ...) -> one result per input. ``postprocess`` is the manifest's
-        ``postprocess`` record; ``top_k`` bounds how many answers a result holds."""
+        ``postprocess`` record; ``top_k`` bounds how many answers a result holds; ``sizes`` are the source
+        images' (height, width), for results in their coordinates (a detector's boxes)."""
 
     @abstractmethod
-    def postprocess_record(self, output_kind: str, output_shape: Sequence[int]) -> dict[str, Any]:
+    def postprocess_record(self, output_kind: str, output_shape: Sequence[int], *, spec: Any = None) -> dict[str, Any]:
         """The manifest's ``postprocess`` record that ``decode`` reads, for a model whose raw output has
-        ``output_shape`` (batch first) and is of ``output_kind`` (a model spec's ``output_kind``)."""
+        ``output_shape`` (batch first) and is of ``output_kind`` (a model spec's ``output_kind``); ``spec`` is
+        the model spec, for a task whose record needs more of it."""
 
     @abstractmethod
     def evaluate(self, outputs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> Metrics:

@@ -82,7 +82,13 @@ class Classification(Task):
     mismatch_name = "top-1 mismatches"
 
     def decode(
-        self, outputs: np.ndarray, postprocess: Mapping[str, Any], labels: Sequence[str], *, top_k: int = 5
+        self,
+        outputs: np.ndarray,
+        postprocess: Mapping[str, Any],
+        labels: Sequence[str],
+        *,
+        top_k: int = 5,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[Prediction]:
         probs = probabilities(outputs, postprocess)
         k = max(1, min(top_k, probs.shape[1]))
@@ -92,7 +98,7 @@ class Classification(Task):
             preds.append(Prediction([(_label(labels, i), float(row[i])) for i in ids], [int(i) for i in ids]))
         return preds
 
-    def postprocess_record(self, output_kind: str, output_shape: Sequence[int]) -> dict[str, Any]:
+    def postprocess_record(self, output_kind: str, output_shape: Sequence[int], *, spec: Any = None) -> dict[str, Any]:
         return {
             "output": output_kind,
             "activation": "softmax" if output_kind == "logits" else "none",

@@ -70,10 +70,10 @@ class PeakTask(Task):
     def __init__(self) -> None:
         self.selftests = 0
 
-    def decode(self, outputs, postprocess, labels, *, top_k=5):
+    def decode(self, outputs, postprocess, labels, *, top_k=5, sizes=None):
         return [Peak(int(row.argmax()), float(row.max())) for row in outputs]
 
-    def postprocess_record(self, output_kind, output_shape):
+    def postprocess_record(self, output_kind, output_shape, *, spec=None):
         return {"output": output_kind}
 
     def selftest_margin(self, outputs):
@@ -116,7 +116,7 @@ def peak_bundle(serve_bundle, tmp_path):  # noqa: F811
 
 
 def test_registering_needs_a_free_name_and_a_task(peak_task):
-    assert task_names() == ("classification", "toy-peak")
+    assert task_names() == ("classification", "detection", "toy-peak")
     with pytest.raises(UsageError, match="already registered"):
         register_task(PeakTask())
     with pytest.raises(TypeError):

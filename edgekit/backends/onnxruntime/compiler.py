@@ -6,6 +6,7 @@ from edgekit import calibration
 from edgekit.backends.base import CompileInput, CompileResult
 from edgekit.errors import require
 from edgekit.quantize import onnxruntime_qdq
+from edgekit.tasks import get_task
 
 MODEL_FILE = "model.onnx"
 
@@ -39,6 +40,7 @@ def compile(job: CompileInput) -> CompileResult:
             input_name=spec.input.name,
             static_batch=None if spec.input.dynamic_batch else spec.input.shape[0],
             nodes_to_exclude=job.keep_in_higher_precision,
+            keep_output_tail=get_task(spec.task).keeps_output_tail_in_float,
         )
     return CompileResult(
         files=[MODEL_FILE],

@@ -13,6 +13,7 @@ from edgekit.backends.openvino.runtime import compile_config, inference_precisio
 from edgekit.errors import require
 from edgekit.quantize import nncf_ov
 from edgekit.targets import Target
+from edgekit.tasks import get_task
 
 MODEL_FILE = "model.xml"
 # The precision OpenVINO is told to compute in. fp32 must mean fp32: the CPU plugin otherwise runs
@@ -46,6 +47,7 @@ def compile(job: CompileInput) -> CompileResult:
             ov_model, job.calibration, static_batch=static_batch, ignored_names=job.keep_in_higher_precision,
             method=job.calibration_method, percentile=job.calibration_percentile,
             recipe=calibration.nncf_recipe(target.calibration_recipe),
+            keep_output_tail=get_task(job.spec.task).keeps_output_tail_in_float,
         )  # fmt: skip
     ov.save_model(ov_model, str(staging / MODEL_FILE), compress_to_fp16=precision == "fp16")
     hint = PRECISION_HINTS[precision]

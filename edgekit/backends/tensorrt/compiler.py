@@ -30,6 +30,7 @@ from edgekit.imagesets import ImageSet
 from edgekit.quantize import onnxruntime_qdq
 from edgekit.spec import ModelSpec
 from edgekit.targets import Target
+from edgekit.tasks import get_task
 
 MODEL_FILE = "model.onnx"
 FP32_FILE = "model_fp32.onnx"
@@ -95,6 +96,7 @@ def _quantize(
         static_batch=None if spec.input.dynamic_batch else spec.input.shape[0],
         nodes_to_exclude=keep,
         prepared_out=staging / FP32_FILE,
+        keep_output_tail=get_task(spec.task).keeps_output_tail_in_float,
     )
     qdq = onnx.load(str(staging / MODEL_FILE))
     report = _check_qdq(qdq, "the INT8 graph's Q/DQ nodes", "compile with --precision fp16 instead")
