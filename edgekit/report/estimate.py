@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
@@ -289,150 +290,164 @@ def with_terms(host: Hardware, target: Hardware) -> Hardware:
     )
 
 
-def _best_rate(fn, work: float, seconds: float) -> float:
-    """The best work-per-second of repeated calls to ``fn`` (a ceiling, as roofline tools measure it)."""
+FAST_PERCENTILE = 10  # the percentile of call times that is a call's "fast time" (fast_time)
+
+
+def call_times(fn: Callable[[], object], seconds: float, *, min_calls: int = 20) -> np.ndarray:
+    """Seconds per call of ``fn``, called repeatedly for ``seconds`` (at least ``min_calls`` times) after one
+    untimed call."""
     fn()
-    best, start = 0.0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    times = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < min_calls:
         t = time.perf_counter()
         fn()
-        best = max(best, work / (time.perf_counter() - t))
-    return best
+        times.append(time.perf_counter() - t)
+    return np.asarray(times)
 
 
-def _ort_gemm_rate(op: str, seconds: float, n: int = 512) -> float:
-    """Best operations per second of one n x n x n ``MatMul`` (fp32) or ``MatMulInteger`` (u8 x s8) in ONNX Runtime."""
+def fast_time(fn: Callable[[], object], seconds: float, *, min_calls: int = 20) -> float:
+    """The fast time of one call to ``fn`` in seconds: the 10th percentile of ``call_times``.
+
+    The host's ceilings and overheads, and the models the host check compares them with, are all timed with
+    this one statistic. On a busy machine a call that another process interrupts is slow: the median counts
+    that time, a best rate does not, and the two are not comparable (on 2 shared cores, with the runtimes'
+    default two threads, a bundle's p50 was up to 4.7 times its fast time in the same round). The 10th
+    percentile is the time of an uninterrupted call and, unlike the minimum, not one lucky call.
+    """
+    return float(np.percentile(call_times(fn, seconds, min_calls=min_calls), FAST_PERCENTILE))
+
+
+def _ort_session(model: Any, threads: int, *, optimize: bool = True) -> Any:
+    """An ONNX Runtime CPU session of ``model`` with ``threads`` intra-op threads (0: ONNX Runtime's default)."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
-    types = {"MatMul": (TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT, np.float32, np.float32),
-             "MatMulInteger": (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32, np.uint8, np.int8)}[op]  # fmt: skip
-    graph = helper.make_graph(
-        [helper.make_node(op, ["A", "B"], ["C"])], "ceiling",
-        [helper.make_tensor_value_info("A", types[0], [n, n]), helper.make_tensor_value_info("B", types[1], [n, n])],
-        [helper.make_tensor_value_info("C", types[2], [n, n])],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_gemm_rate(op: str, seconds: float, threads: int = 0, n: int = 512) -> float:
+    """Operations per second (at the fast time) of one n x n x n ``MatMul`` in fp32 or fp16, or ``MatMulInteger``
+    (u8 x s8), in ONNX Runtime."""
+    from onnx import TensorProto, helper
+
+    types = {"fp32": ("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT, np.float32, np.float32),
+             "fp16": ("MatMul", TensorProto.FLOAT16, TensorProto.FLOAT16, TensorProto.FLOAT16, np.float16, np.float16),
+             "int8": ("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32, np.uint8, np.int8)}[op]  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node(types[0], ["A", "B"], ["C"])], "ceiling",
+        [helper.make_tensor_value_info("A", types[1], [n, n]), helper.make_tensor_value_info("B", types[2], [n, n])],
+        [helper.make_tensor_value_info("C", types[3], [n, n])],
+    )  # fmt: skip
+    session = _ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), threads)
     rng = np.random.default_rng(0)
-    feed = {"A": rng.integers(0, 100, (n, n)).astype(types[3]), "B": rng.integers(-50, 50, (n, n)).astype(types[4])}
-    return _best_rate(lambda: session.run(None, feed), 2.0 * n**3, seconds)
+    feed = {"A": rng.integers(0, 100, (n, n)).astype(types[4]), "B": rng.integers(-50, 50, (n, n)).astype(types[5])}
+    if op == "fp16":  # small values: the products stay finite in fp16
+        feed = {k: (v / 100).astype(np.float16) for k, v in feed.items()}
+    return 2.0 * n**3 / fast_time(lambda: session.run(None, feed), seconds)
 
 
 ROUNDS = 5  # alternating timing rounds of the overhead graphs
 
 
-def _ort_overheads(seconds: float, fp32_rate: float, chain: int = 32) -> tuple[float, float]:
-    """ONNX Runtime's per-inference floor and per-layer overhead here, in seconds: the fast time (10th percentile)
-    of a graph of one 1x1 Conv (16 channels, 32 x 32: big enough to be split across the thread pool, as a model's
-    layers are), and the extra fast time per Conv of a chain of ``chain`` more, less the Conv's compute at
-    ``fp32_rate``. A low percentile, like the ceilings' best rate, because on a shared machine the median took
-    other processes' time: the overhead came out 6 us in one run and 17 us in the next."""
-    import onnxruntime as ort
+def _conv_graph(convs: int, channels: int, kernel: int) -> Any:
+    """A chain of ``convs`` Convs (``channels`` in and out, 32 x 32, ``kernel`` x ``kernel``, same padding), each
+    weight 1 / fan-in so that the activations stay near 1 along the chain (no overflow, no slow denormals)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    c, hw = 16, 32
-    weight = numpy_helper.from_array(np.full((c, c, 1, 1), 0.1, np.float32), "w")
+    fan_in = channels * kernel * kernel
+    weight = numpy_helper.from_array(np.full((channels, channels, kernel, kernel), 1.0 / fan_in, np.float32), "w")
+    names = ["x", *[f"y{i}" for i in range(convs)]]
+    pads = [kernel // 2] * 4
+    nodes = [helper.make_node("Conv", [a, "w"], [b], pads=pads) for a, b in itertools.pairwise(names)]
+    shape = [1, channels, 32, 32]
+    graph = helper.make_graph(nodes, "overhead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, shape)], [weight])  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
-    sessions: dict[int, Any] = {}
 
-    def fast_run(ops: int) -> float:
-        if ops not in sessions:
-            sessions[ops] = build(ops)
-        session, feed = sessions[ops]
-        session.run(None, feed)
-        times = []
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds / ROUNDS or len(times) < 20:
-            t = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - t)
-        return float(np.percentile(times, 10))
+def _ort_overheads(seconds: float, fp32_rate: float, threads: int = 0, chain: int = 32) -> tuple[float, float]:
+    """ONNX Runtime's per-inference floor and per-layer overhead here, in seconds.
 
-    def build(ops: int) -> tuple[Any, dict[str, np.ndarray]]:
-        names = ["x", *[f"y{i}" for i in range(ops)]]
-        nodes = [helper.make_node("Conv", [a, "w"], [b]) for a, b in itertools.pairwise(names)]
-        shape = [1, c, hw, hw]
-        graph = helper.make_graph(nodes, "overhead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                                  [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, shape)], [weight])  # fmt: skip
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return session, {"x": np.ones(shape, np.float32)}
-
-    # Sessions made once, timed in alternating short rounds: the thread pool's state and the machine's load
-    # change between rounds, and the median of the rounds' figures is kept.
-    compute = 2.0 * c * c * hw * hw / fp32_rate
+    Timed (fast time) in ``ROUNDS`` alternating rounds, on a graph of one 1x1 Conv (16 channels, 32 x 32: big
+    enough to be split across the thread pool, as a model's layers are) and a chain of ``chain`` more. The
+    per-layer overhead is the extra time per Conv of the chain less the Conv's compute at ``fp32_rate``; the
+    floor is the one-Conv graph's time less that Conv's compute and overhead (the estimate adds both to the
+    floor, so the floor must not hold them). The median over the rounds is kept: one round's figure moves with
+    the machine's load (as the median time of one round, the overhead moved from 6 to 21 us between runs).
+    """
+    sessions = {n: _ort_session(_conv_graph(n, 16, 1), threads, optimize=False) for n in (1, chain + 1)}
+    feed = {"x": np.ones((1, 16, 32, 32), np.float32)}
     ones, chains = [], []
-    for _ in range(ROUNDS):
-        ones.append(fast_run(1))
-        chains.append(fast_run(chain + 1))
-    one = float(np.median(ones))
-    return one, max(0.0, float(np.median([(c_ - o) / chain for o, c_ in zip(ones, chains, strict=True)])) - compute)
+    for _ in range(ROUNDS):  # sessions made once; the rounds alternate so that load changes hit both alike
+        ones.append(fast_time(lambda: sessions[1].run(None, feed), seconds / ROUNDS))
+        chains.append(fast_time(lambda: sessions[chain + 1].run(None, feed), seconds / ROUNDS))
+    compute = 2.0 * 16 * 16 * 32 * 32 / fp32_rate
+    overhead = max(0.0, float(np.median([(c - o) / chain for o, c in zip(ones, chains, strict=True)])) - compute)
+    return max(0.0, float(np.median(ones)) - compute - overhead), overhead
 
 
-def _ort_half_efficiency(seconds: float, fp32_rate: float) -> float:
-    """Hockney's n1/2 here, in M MACs: from the best rate of a small 3x3 Conv (16 channels, 32 x 32: 2.4 M MACs)
-    against the GEMM ceiling ``fp32_rate`` (rate = ceiling x MACs / (MACs + n1/2)); 0 when it reaches the ceiling."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+def _ort_half_efficiency(seconds: float, fp32_rate: float, floor: float, overhead: float, threads: int = 0) -> float:
+    """Hockney's n1/2 here, in M MACs: from the rate of a small 3x3 Conv (16 channels, 32 x 32: 2.4 M MACs) against
+    the GEMM ceiling ``fp32_rate`` (rate = ceiling x MACs / (MACs + n1/2)); 0 when it reaches the ceiling.
 
-    c, hw = 16, 32
-    weight = numpy_helper.from_array(np.full((c, c, 3, 3), 0.01, np.float32), "w")
-    shape = [1, c, hw, hw]
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "small",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [weight])  # fmt: skip
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feed = {"x": np.ones(shape, np.float32)}
-    macs = c * c * 9 * hw * hw
-    rate = _best_rate(lambda: session.run(None, feed), 2.0 * macs, seconds)
-    return max(0.0, macs * (fp32_rate / rate - 1.0)) / 1e6
+    The Conv's rate is its fast time less the per-inference ``floor`` and per-layer ``overhead`` (seconds): the
+    estimate adds those apart, so they must not be counted again as a small layer's inefficiency.
+    """
+    session = _ort_session(_conv_graph(1, 16, 3), threads)
+    feed = {"x": np.ones((1, 16, 32, 32), np.float32)}
+    macs = 16 * 16 * 9 * 32 * 32
+    compute = max(fast_time(lambda: session.run(None, feed), seconds) - floor - overhead, 1e-9)
+    return max(0.0, macs * (fp32_rate * compute / (2.0 * macs) - 1.0)) / 1e6
 
 
-def host_hardware(seconds: float = 0.4) -> Hardware:
-    """This machine's ceilings, measured as roofline tools do: the best rate of a 512^3 GEMM, and of a copy.
+def host_hardware(seconds: float = 0.4, threads: int = 0) -> Hardware:
+    """This machine's ceilings, measured as roofline tools do: the rate of a 512^3 GEMM, and of a copy, each at
+    its fast time (``fast_time``).
 
     512^3 rather than larger: on a busy machine a longer call is always interrupted, and 1024^3 measured
     up to 4x below what the models themselves reached.
 
-    Compute: ONNX Runtime's fp32 ``MatMul`` and u8 x s8 ``MatMulInteger`` (the kernels the CPU bundles use);
-    without ONNX Runtime, a numpy fp32 GEMM and int8 at 4x that where the CPU has 8-bit dot-product
-    instructions (x86 VNNI, ARM dotprod), else 2x. fp16 runs at the fp32 rate unless the CPU has native fp16
-    arithmetic (then 2x). Bandwidth: copying a 64 MiB array (bytes read + written per second). With ONNX
-    Runtime, also the per-inference floor and per-layer overhead (``_ort_overheads``) and the half-efficiency
-    layer size (``_ort_half_efficiency``), which ``with_terms`` uses in place of the target's fitted ones.
+    Compute: ONNX Runtime's fp32 and fp16 ``MatMul`` and u8 x s8 ``MatMulInteger`` (the kernels the CPU bundles
+    use; fp16 is measured, not taken as 2x fp32 from the CPU's fp16 flag, which on a Xeon with AVX512-FP16 put
+    the estimate of OpenVINO's fp16 runs 57-61% under their time: they ran at 0.6-0.9x the fp32 ones), on
+    ``threads`` intra-op threads (0: ONNX Runtime's default, one a physical core). Pin ``threads`` to
+    what the measured bundles use: with two threads on two busy cores a call gets both cores or one, and the
+    fp32 ceiling came out 0.15 or 0.32 TFLOPS from one round to the next. Without ONNX Runtime, a numpy fp32
+    GEMM (numpy's own threads) and int8 at 4x that where the CPU has 8-bit dot-product instructions (x86 VNNI,
+    ARM dotprod), else 2x; fp16 at 2x fp32 where the CPU has native fp16 arithmetic, else 1x. Bandwidth:
+    copying a 64 MiB array (bytes read + written per second). With ONNX Runtime, also the per-inference floor
+    and per-layer overhead (``_ort_overheads``) and the half-efficiency layer size (``_ort_half_efficiency``),
+    which ``with_terms`` uses in place of the target's fitted ones.
     """
     from edgekit.measure.machine import cpu_flags, describe_machine
 
     flags = cpu_flags()
     floor = overhead = half = None
     try:
-        fp32 = _ort_gemm_rate("MatMul", seconds)
-        int8 = _ort_gemm_rate("MatMulInteger", seconds)
-        floor_s, overhead_s = _ort_overheads(seconds, fp32)
+        fp32 = _ort_gemm_rate("fp32", seconds, threads)
+        int8 = _ort_gemm_rate("int8", seconds, threads)
+        fp16 = _ort_gemm_rate("fp16", seconds, threads)
+        floor_s, overhead_s = _ort_overheads(seconds, fp32, threads)
         floor, overhead = round(floor_s * 1e3, 4), round(overhead_s * 1e6, 3)
-        half = round(_ort_half_efficiency(seconds, fp32), 3)
+        half = round(_ort_half_efficiency(seconds, fp32, floor_s, overhead_s, threads), 3)
     except ImportError:
         rng = np.random.default_rng(0)
         a, b = rng.random((512, 512), np.float32), rng.random((512, 512), np.float32)
-        fp32 = _best_rate(lambda: a @ b, 2.0 * 512**3, seconds)
+        fp32 = 2.0 * 512**3 / fast_time(lambda: a @ b, seconds)
         int8 = fp32 * (4 if flags & {"avx512_vnni", "avx_vnni", "asimddp"} else 2)
+        fp16 = fp32 * (2 if flags & {"avx512_fp16", "asimdhp"} else 1)
     src = np.ones(64 << 20, np.uint8)
     dst = np.empty_like(src)
-    bandwidth = _best_rate(lambda: np.copyto(dst, src), 2.0 * src.nbytes, seconds)
-    fp16 = 2 if flags & {"avx512_fp16", "asimdhp"} else 1
+    bandwidth = 2.0 * src.nbytes / fast_time(lambda: np.copyto(dst, src), seconds, min_calls=5)
     return Hardware(
         device_name=describe_machine()["summary"] + " (measured ceilings)",
         fp32_tflops=round(fp32 / 1e12, 4),
-        fp16_tflops=round(fp16 * fp32 / 1e12, 4),
+        fp16_tflops=round(fp16 / 1e12, 4),
         int8_tops=round(int8 / 1e12, 4),
         memory_bandwidth_gbs=round(bandwidth / 1e9, 2),
         inference_floor_ms=floor,
@@ -506,6 +521,7 @@ def validate(
 
 
 __all__ = [
+    "FAST_PERCENTILE",
     "FORMULA",
     "ROOFLINE",
     "TERMS",
@@ -515,8 +531,10 @@ __all__ = [
     "band_of",
     "best_of",
     "calibrated",
+    "call_times",
     "efficiency",
     "estimate",
+    "fast_time",
     "graph_cost",
     "host_hardware",
     "peak_ops",
