@@ -61,7 +61,7 @@ class Trials:
 
 
 def parts(images: ImageSet, root: Path, reference: Callable[[np.ndarray], np.ndarray],
-          task: str = "classification") -> tuple[bud.Part, bud.Part]:  # fmt: skip
+          task: Any = "classification") -> tuple[bud.Part, bud.Part]:  # fmt: skip
     """The search and check parts of the validation images, with the FP32 model's outputs on each."""
     search_idx, check_idx = bud.split(images.paths, root)
     if len(search_idx) < 10 or len(check_idx) < 10:
@@ -75,7 +75,7 @@ def parts(images: ImageSet, root: Path, reference: Callable[[np.ndarray], np.nda
     def part(idx: list[int]) -> bud.Part:
         sub = images.subset(idx)
         outputs = np.concatenate([reference(x) for x in sub.batches(64)])  # streamed: only outputs are held
-        return bud.Part(sub, sub.labels, outputs, get_task(task))
+        return bud.Part(sub, sub.labels, outputs, get_task(task) if isinstance(task, str) else task)
 
     return part(search_idx), part(check_idx)
 
@@ -125,11 +125,14 @@ def run(
         check_part.figures(_outputs(naive, check_part)),
     )
     pooled = bud.Figures.pooled(naive_search, naive_check)
-    probability = budget.probability(pooled)
+    # the posterior is of a share of images; a detector's agreement (an F1 over boxes) and mAP are not one
+    per_image = search_part.task.agreement_is_per_image
+    probability = budget.probability(pooled) if per_image else float("nan")
     log(f"naive INT8 on all {pooled.images} validation images: agreement {pooled.agreement:.2f}%; probability "
-        f"that it meets the budget ({budget.describe()}): {probability:.3f}")  # fmt: skip
+        f"that it meets the budget ({budget.describe()}): "
+        + (f"{probability:.3f}" if per_image else "not computed (not a share of images)"))  # fmt: skip
     result = None
-    if probability >= budget.confidence:
+    if per_image and probability >= budget.confidence:
         log(f"naive INT8 meets the budget with probability {probability:.3f} >= {budget.confidence:g}: no fallbacks")
         chosen = bud.Candidate("naive", "int8", (), naive_search, True, None, naive)
         margin = budget.margin(len(search_part), len(check_part), _discordance(naive_search))
@@ -167,7 +170,7 @@ def run(
         "check_images": len(check_part),
         "naive_int8_on_search": naive_search.to_dict(),
         "naive_int8_on_all": {**pooled.to_dict(), "images": pooled.images},
-        "naive_int8_probability_meets_budget": round(probability, 4),
+        "naive_int8_probability_meets_budget": round(probability, 4) if per_image else None,
         "stopped_at_naive": result is None,
         "chosen": {
             "label": chosen.label,

@@ -69,6 +69,9 @@ class Task(ABC):
     mismatch_name: ClassVar[str]  # what a self-test mismatch counts, as a plural noun ("top-1 mismatches")
     # INT8 keeps the ops after the last weighted layers in float (a detector's decoding and concatenation)
     keeps_output_tail_in_float: ClassVar[bool] = False
+    # agreement is the share of images on which the two models give the same answer (a classifier's top-1);
+    # the accuracy budget's posterior of "naive INT8 meets it" needs that
+    agreement_is_per_image: ClassVar[bool] = True
 
     def bind(self, postprocess: Mapping[str, Any]) -> Task:
         """This task for one model, whose manifest ``postprocess`` record is given: the methods below that
@@ -95,6 +98,12 @@ class Task(ABC):
         """The manifest's ``postprocess`` record that ``decode`` reads, for a model whose raw output has
         ``output_shape`` (batch first) and is of ``output_kind`` (a model spec's ``output_kind``); ``spec`` is
         the model spec, for a task whose record needs more of it."""
+
+    def retune(self, outputs: np.ndarray, reference: np.ndarray, labels: Any) -> dict[str, Any] | None:
+        """For a task with a decision threshold (a detector's score threshold): the threshold this model should
+        ship with so that it behaves as the reference (FP32) does at the user's, as a record whose ``shipped``
+        the pipeline writes into the postprocess record; None for a task without one."""
+        return None
 
     @abstractmethod
     def evaluate(self, outputs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> Metrics:

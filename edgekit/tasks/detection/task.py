@@ -61,6 +61,7 @@ class Detection(Task):
     metric = "map50_95"
     mismatch_name = "detection mismatches"
     keeps_output_tail_in_float = True
+    agreement_is_per_image = False  # an F1 over boxes
 
     def __init__(self, postprocess: Mapping[str, Any] | None = None) -> None:
         self._postprocess = dict(postprocess) if postprocess else None
@@ -79,6 +80,11 @@ class Detection(Task):
             config = DetectionConfig.from_dict(record["detection"])
             self._decoders[key] = Decoder(config, tuple(record["input_hw"]))
         return self._decoders[key]
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The postprocess record this task is bound to."""
+        return dict(self._postprocess or {})
 
     @property
     def config(self) -> DetectionConfig:
@@ -116,8 +122,32 @@ class Detection(Task):
 
     @property
     def threshold(self) -> float:
+        """The score threshold the bundle ships with (re-tuned for its precision, see ``retune``)."""
         record = self._postprocess or {}
         return float(record.get("score_threshold", self.config.score_threshold))
+
+    @property
+    def user_threshold(self) -> float:
+        """The threshold the spec gave: FP32's, the reference every precision is re-tuned against."""
+        return float(self.config.score_threshold)
+
+    def retune(self, outputs: np.ndarray, reference: np.ndarray, labels: Any) -> dict[str, Any]:
+        """The score threshold for this precision: the one whose precision and recall (against the ground truth
+        in ``labels``, else against FP32's detections at the user's threshold) come closest to FP32's at the
+        user's threshold (``metrics.retune_threshold``). INT8 shifts confidences, so the best threshold moves."""
+        from edgekit.tasks.detection import metrics
+
+        t = self.user_threshold
+        low = self._dets(outputs, MAP_SCORE_THRESHOLD, MAP_MAX_DETECTIONS)
+        ref = self._dets(reference, MAP_SCORE_THRESHOLD, MAP_MAX_DETECTIONS)
+        r = metrics.retune_threshold(ref, low, t, ground_truth=None if labels is None else list(labels))
+        at = r.at_user_threshold
+        return {
+            "user": t, "shipped": round(r.threshold, 6), "against": r.against,
+            "fp32_at_user": {"precision": round(100 * r.reference_precision, 3), "recall": round(100 * r.reference_recall, 3)},
+            "this_at_user": {"precision": round(100 * at.precision, 3), "recall": round(100 * at.recall, 3)},
+            "this_at_shipped": {"precision": round(100 * r.precision, 3), "recall": round(100 * r.recall, 3)},
+        }  # fmt: skip
 
     # -- measuring
     def evaluate(self, outputs: np.ndarray, labels: Any, names: Sequence[str]) -> DetectionEvaluation:
@@ -138,12 +168,13 @@ class Detection(Task):
                                    sum(len(g.boxes) for g in gt))  # fmt: skip
 
     def agreement(self, outputs: np.ndarray, reference: np.ndarray) -> float:
-        """F1 of these detections against the reference's (FP32's), both at the shipped threshold, matched at
-        IoU 0.5 and the same class, in %."""
+        """F1 of these detections at the shipped threshold against the reference's (FP32's) at the user's,
+        matched at IoU 0.5 and the same class, in %."""
         from edgekit.tasks.detection import metrics
 
-        t = self.threshold
-        return 100.0 * metrics.agreement(self._dets(outputs, t), self._dets(reference, t), t).f1
+        t, ref_t = self.threshold, self.user_threshold
+        reference_boxes = metrics.above(self._dets(reference, ref_t), ref_t)
+        return 100.0 * metrics.precision_recall(reference_boxes, self._dets(outputs, t), t).f1
 
     def compare(self, outputs: np.ndarray, reference: np.ndarray, labels: Any) -> Comparison:
         agreement = self.agreement(outputs, reference)
