@@ -91,18 +91,24 @@ def _reference_session(loaded: LoadedModel):
         ) from exc
 
 
-def reference_session(loaded: LoadedModel, spec: specs.ModelSpec) -> tuple[Any, int]:
-    """ONNX Runtime FP32 on the source model, checked on the spec's input; and the number of classes."""
+def reference_session(
+    loaded: LoadedModel, spec: specs.ModelSpec, merged: dict[str, Any] | None = None
+) -> tuple[Any, int]:
+    """ONNX Runtime FP32 on the source model, checked on the spec's input; and the number of classes.
+    ``merged``: the record of an SSD's outputs joined into one (``merge_detector_outputs``)."""
     session = _reference_session(loaded)
-    return session, _check_runs(session, spec)
+    return session, _check_runs(session, spec, merged)
 
 
-def _check_runs(session, spec: specs.ModelSpec) -> int:
+def _check_runs(session, spec: specs.ModelSpec, merged: dict[str, Any] | None = None) -> int:
     """Run a zero input through the FP32 model; return the number of classes it outputs."""
     outputs = _run_zero(session, spec)
     out = outputs[0]
     if spec.task == "detection":
-        return _check_detector(outputs, spec)
+        if merged is not None:
+            k = int(merged["box_values"])
+            outputs = [out[..., :k], out[..., k:]]
+        return _check_detector(outputs, spec, merged is not None)
     if out.ndim != 2:
         raise UsageError(
             f"the model's output has shape {list(out.shape)}; edgekit compiles classifiers "
@@ -122,20 +128,58 @@ def _run_zero(session, spec: specs.ModelSpec) -> list[np.ndarray]:
         ) from exc
 
 
-def _check_detector(outputs: list[np.ndarray], spec: specs.ModelSpec) -> int:
+def _check_detector(outputs: list[np.ndarray], spec: specs.ModelSpec, merged: bool = False) -> int:
     """A detector's outputs against its [detection] section (one ModelError line naming both shapes); the
-    number of classes. The runtimes return a model's first output, so detectors with one output run."""
+    number of classes. A two-output SSD reaches here joined into one (``merge_detector_outputs``)."""
     from edgekit.tasks.detection.config import DetectionConfig
 
     config = DetectionConfig.from_dict(spec.detection)
     layout = config.check_outputs([o.shape for o in outputs], spec.input.hw)
-    if len(outputs) != 1:
+    if len(outputs) != 1 and not merged:
         raise ModelError(
-            f"the detector has {len(outputs)} outputs ({', '.join(str(list(o.shape)) for o in outputs)}); this "
-            "edgekit runs detectors with one output (yolov8, yolov5 or boxes): concatenate SSD's boxes and "
-            "scores into one output, or export with NMS in the graph"
+            f"the detector has {len(outputs)} outputs ({', '.join(str(list(o.shape)) for o in outputs)}) but "
+            f"[detection] format '{config.format}' takes one; fix the format, or export the model with one output"
         )
-    return int(layout.num_classes)
+    return int(layout.num_classes or 0)
+
+
+def merge_detector_outputs(loaded: LoadedModel, spec: specs.ModelSpec) -> tuple[LoadedModel, dict[str, Any] | None]:
+    """An SSD-style detector's two outputs (box deltas [B, N, K], class scores [B, N, C]) joined into one
+    [B, N, K + C] by a Concat appended to the graph, so every runtime returns one array; the record the
+    decoder splits them by (``postprocess.merged_outputs``). Other models are returned as they are."""
+    if spec.task != "detection" or len(loaded.onnx.graph.output) < 2:
+        return loaded, None
+    import dataclasses
+
+    import onnx
+
+    from edgekit.tasks.detection.config import DetectionConfig
+
+    config = DetectionConfig.from_dict(spec.detection)
+    session = _reference_session(loaded)
+    outputs = _run_zero(session, spec)
+    layout = config.check_outputs([o.shape for o in outputs], spec.input.hw)
+    if config.format != "ssd" or layout.scores is None or len(outputs) != 2:
+        return loaded, None
+    boxes, scores = outputs[layout.boxes], outputs[layout.scores]
+    if boxes.ndim != 3 or scores.ndim != 3 or boxes.shape[1] != scores.shape[1]:
+        raise ModelError(
+            f"the SSD outputs {list(boxes.shape)} and {list(scores.shape)} are not [batch, candidates, values] "
+            "with the same candidate count; export them so"
+        )
+    model = onnx.ModelProto()
+    model.CopyFrom(loaded.onnx)
+    graph = model.graph
+    names = [graph.output[layout.boxes].name, graph.output[layout.scores].name]
+    merged = "edgekit_ssd_boxes_scores"
+    dim = graph.output[layout.boxes].type.tensor_type.shape.dim
+    batch = (dim[0].dim_param or dim[0].dim_value or "batch") if len(dim) else "batch"
+    shape = [batch, int(boxes.shape[1]), int(boxes.shape[2] + scores.shape[2])]
+    graph.node.append(onnx.helper.make_node("Concat", names, [merged], axis=-1, name="edgekit_merge_ssd_outputs"))
+    del graph.output[:]
+    graph.output.append(onnx.helper.make_tensor_value_info(merged, onnx.TensorProto.FLOAT, shape))
+    record = {"outputs": names, "box_values": int(boxes.shape[2]), "order": ["boxes", "scores"]}
+    return dataclasses.replace(loaded, onnx=model), record
 
 
 def output_shape(session, spec: specs.ModelSpec) -> list[int]:
@@ -405,10 +449,13 @@ def _prepare(request: CompileRequest, log: Log) -> _Prepared:
     log(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
     loaded = load_model(model, input_shape=overrides["input"].get("shape"), trust_model_code=request.trust_model_code)
     model_spec = _resolve_spec(loaded, overrides, request.val, target)
+    loaded, merged = merge_detector_outputs(loaded, model_spec)
+    if merged is not None:
+        log(f"joined the SSD outputs {', '.join(merged['outputs'])} into one for the runtimes")
     if _dynamic_size(loaded.input):
         h, w = model_spec.input.hw
         log(f"the model's input has a dynamic height and width; compiling, calibrating and measuring it at {h}x{w}")
-    reference, num_classes = reference_session(loaded, model_spec)
+    reference, num_classes = reference_session(loaded, model_spec, merged)
     if model_spec.labels and len(model_spec.labels) != num_classes:
         raise UsageError(
             f"{len(model_spec.labels)} labels were given but the model outputs {num_classes} "
@@ -422,7 +469,7 @@ def _prepare(request: CompileRequest, log: Log) -> _Prepared:
         request=request, log=log, loaded=loaded, spec=model_spec, target=target, precision=precision,
         calibration_method=request.calibration_method or target.calibration_method, budget=budget,
         reference=reference, num_classes=num_classes, calibration=calibration,
-        val_set=_validation(request.val, model_spec, budget),
+        val_set=_validation(request.val, model_spec, budget), merged_outputs=merged,
     )  # fmt: skip
 
 
@@ -485,6 +532,17 @@ class _Prepared:
     calibration: ImageSet | None
     val_set: ImageSet | None
     requested_precision: str | None = None  # what the request asked for, when the budget ships another
+    merged_outputs: dict[str, Any] | None = None  # an SSD's two outputs joined into one (merge_detector_outputs)
+
+    def postprocess_record(self) -> dict[str, Any]:
+        """The manifest's postprocess record for this model (what its task's decode reads)."""
+        shape = output_shape(self.reference, self.spec) if self.spec.task != "classification" else None
+        record = get_task(self.spec.task).postprocess_record(
+            self.spec.output_kind, shape or (-1, self.num_classes), spec=self.spec
+        )
+        if self.merged_outputs is not None:
+            record["merged_outputs"] = self.merged_outputs
+        return record
 
     def compile_into(
         self, staging: Path, excluded: tuple[str, ...] = (), precision: str | None = None
@@ -501,6 +559,8 @@ class _Prepared:
         manifest = _base_manifest(self.loaded, self.spec, self.target, precision, result, self.num_classes, shape)
         if self.requested_precision and precision == self.precision:
             manifest["precision"]["requested"] = self.requested_precision
+        if self.merged_outputs is not None:
+            manifest["postprocess"]["merged_outputs"] = self.merged_outputs
         return manifest
 
     def reference_infer(self, x: np.ndarray) -> np.ndarray:
@@ -518,10 +578,7 @@ def _apply_budget(job: _Prepared, device, on_target: bool, measured_with: str) -
 
     trials = budgeting.Trials(trial, on_target, job.spec.input.shape)
     try:
-        shape = output_shape(job.reference, job.spec)
-        task = get_task(job.spec.task).bind(
-            get_task(job.spec.task).postprocess_record(job.spec.output_kind, shape, spec=job.spec)
-        )
+        task = get_task(job.spec.task).bind(job.postprocess_record())
         search_part, check_part = budgeting.parts(images, job.request.val, job.reference_infer, task)
         blocks = budgeting.blocks_for(job.loaded.onnx, job.spec, job.target)
         layers = [name for block in blocks for name in block]

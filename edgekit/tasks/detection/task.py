@@ -103,7 +103,8 @@ class Detection(Task):
         """Boxes at the shipped score threshold (the ``score_threshold`` of the record's ``detection``), at most
         ``max_detections`` an image (``top_k`` does not apply); in the source images' pixels given ``sizes``."""
         decoder = self._decoder(postprocess)
-        return decoder(outputs, sizes, labels=tuple(labels), score_threshold=postprocess.get("score_threshold"))
+        return decoder(_split(outputs, postprocess), sizes, labels=tuple(labels),
+                       score_threshold=postprocess.get("score_threshold"))  # fmt: skip
 
     def postprocess_record(self, output_kind: str, output_shape: Sequence[int], *, spec: Any = None) -> dict[str, Any]:
         if spec is None or spec.detection is None:
@@ -118,7 +119,8 @@ class Detection(Task):
         }
 
     def _dets(self, outputs: np.ndarray, threshold: float, limit: int | None = None) -> list[Detections]:
-        return self._decoder()(outputs, None, score_threshold=threshold, max_detections=limit)
+        return self._decoder()(_split(outputs, self._postprocess), None, score_threshold=threshold,
+                               max_detections=limit)  # fmt: skip
 
     @property
     def threshold(self) -> float:
@@ -199,7 +201,8 @@ class Detection(Task):
         t = self.threshold
         decoder = self._decoder()
         margins = []
-        for cand, dets in zip(decoder.candidates(outputs, score_threshold=t / 2), self._dets(outputs, t), strict=True):
+        cands = decoder.candidates(_split(outputs, self._postprocess), score_threshold=t / 2)
+        for cand, dets in zip(cands, self._dets(outputs, t), strict=True):
             near = np.abs(cand.scores - t).min() if len(cand) else t
             margins.append(float(near) / t * (1.0 if len(dets) else 0.5))
         return np.asarray(margins)
@@ -228,6 +231,15 @@ class Detection(Task):
             ": " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else ""
         )
         return draw_text_rows(image, [(line, (255, 255, 255))])
+
+
+def _split(outputs: np.ndarray, postprocess: Mapping[str, Any] | None) -> np.ndarray | list[np.ndarray]:
+    """An SSD's joined output [B, N, K + C] back into its box deltas and scores (``merged_outputs``)."""
+    merged = (postprocess or {}).get("merged_outputs")
+    if not merged:
+        return outputs
+    k = int(merged["box_values"])
+    return [outputs[..., :k], outputs[..., k:]]
 
 
 def _colour(class_id: int) -> tuple[int, int, int]:
