@@ -55,7 +55,14 @@ class Bundle:
         self.labels: list[str] = list(m.labels)
         self.output_kind: str = m.postprocess.output or "logits"
         self._postprocess: dict[str, Any] = m.postprocess.to_dict()  # what the task's decode reads
-        self.task: Task = get_task(m.model.task).bind(self._postprocess)
+        try:
+            self.task: Task = get_task(m.model.task).bind(self._postprocess)
+        except ValueError as exc:  # the task refused the bundle's postprocess record
+            reason = str(exc).encode("ascii", "backslashreplace").decode()[:300]
+            raise BundleError(
+                f"{self.path}: manifest field 'postprocess': {reason}; the bundle is damaged or was tampered with, "
+                "recompile it"
+            ) from exc
         if not registry.is_registered(m.backend.name):  # the name is the bundle's: shown escaped, with the path
             raise BundleError(
                 f"{self.path}: manifest field 'backend.name' is {m.backend.name!r}, which is not a backend registered "

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.errors import UsageError
 from edgekit.tasks.base import Comparison, Metrics, Task, draw_text_rows
 from edgekit.tasks.detection.config import DetectionConfig
 from edgekit.tasks.detection.decode import Decoder
@@ -69,7 +70,25 @@ class Detection(Task):
 
     # -- binding
     def bind(self, postprocess: Mapping[str, Any]) -> Detection:
-        return Detection(postprocess)
+        """This task for one model's postprocess record, checked now (a bundle's record is data from someone
+        else): ValueError naming the bad part, which the runtime reports as a damaged bundle."""
+        task = Detection(postprocess)
+        hw = postprocess.get("input_hw")
+        if not (isinstance(hw, list) and len(hw) == 2 and all(_int_in(v, 1, 1 << 16) for v in hw)):
+            raise ValueError(f"'input_hw' is {_shown(hw)}, not [height, width] in pixels")
+        t = postprocess.get("score_threshold", 0.25)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            raise ValueError(f"'score_threshold' is {_shown(t)}, not a score from 0 to 1")
+        merged = postprocess.get("merged_outputs")
+        if merged is not None and not (isinstance(merged, dict) and _int_in(merged.get("box_values"), 1, 1 << 16)):
+            raise ValueError(f"'merged_outputs' is {_shown(merged)}, not a record with an integer 'box_values'")
+        if not isinstance(postprocess.get("detection"), dict):
+            raise ValueError("'detection' is not the detector's [detection] record")
+        try:
+            task._decoder()
+        except UsageError as exc:
+            raise ValueError(str(exc)) from exc
+        return task
 
     def _decoder(self, postprocess: Mapping[str, Any] | None = None) -> Decoder:
         record = postprocess if postprocess is not None else self._postprocess
@@ -231,6 +250,14 @@ class Detection(Task):
             ": " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else ""
         )
         return draw_text_rows(image, [(line, (255, 255, 255))])
+
+
+def _int_in(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _shown(v: Any) -> str:
+    return repr(v)[:60].encode("ascii", "backslashreplace").decode()
 
 
 def _split(outputs: np.ndarray, postprocess: Mapping[str, Any] | None) -> np.ndarray | list[np.ndarray]:
