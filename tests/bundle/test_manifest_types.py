@@ -90,7 +90,11 @@ def test_typed_fields_are_typed(texts):
     assert isinstance(budget.accuracy.value, TopK) and budget.accuracy.dataset.images > 0
     assert budget.budget_record["met"] in (True, False) and budget.budget_record["budget"]["metric"] == "accuracy_drop"
     # where the record is: an INT8 answer keeps it in quantization.budget; fp32 (faster here) at the top level
-    assert (budget.quantization is None) == (budget.budget is not None) == (budget.precision.inference != "int8")
+    assert (
+        (budget.quantization is None)
+        == (budget.budget is not None)
+        == (budget.budget_record["chosen"]["precision"] != "int8")
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         budget.input.name = "x"
 
