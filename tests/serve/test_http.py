@@ -44,7 +44,8 @@ def test_health_ready_info_latest(daemon):
     assert info["model"]["name"] == "tiny" and info["labels"] == list(LABELS)
     assert info["device_id"] == "cam-test" and info["backend"] == "onnxruntime"
     assert len(info["bundle_hash"]) == 64 and info["selftest"]["passed"] is True
-    latest = wait_until(lambda: daemon.get_json("/v1/latest"), timeout=10, what="a result")
+    wait_until(lambda: daemon.request("GET", "/v1/latest")[0] == 200, timeout=10, what="a result")  # 404 before
+    latest = daemon.get_json("/v1/latest")
     assert latest["device"] == "cam-test" and latest["label"] in LABELS and len(latest["top_k"]) == 3
     assert latest["e2e_ms"] >= latest["inference_ms"] > 0 and latest["seq"] >= 1
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", latest["captured_at"])
