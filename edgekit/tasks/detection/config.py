@@ -297,7 +297,9 @@ def _check_values(c: DetectionConfig) -> None:
     _in_range("pad_value", _number("pad_value", c.pad_value, integer=True), 0, 255, "a pixel value, 0 to 255")
     _in_range("score_threshold", _number("score_threshold", c.score_threshold), 0, 1, "between 0 and 1")
     _in_range("iou_threshold", _number("iou_threshold", c.iou_threshold), 0, 1, "between 0 and 1")
-    _in_range("max_detections", _number("max_detections", c.max_detections, integer=True), 1, 1e9, "from 1 to 1,000,000,000")
+    _in_range(
+        "max_detections", _number("max_detections", c.max_detections, integer=True), 1, 1e9, "from 1 to 1,000,000,000"
+    )
     _in_range("max_candidates", _number("max_candidates", c.max_candidates, integer=True), 1, 1e9, "at least 1")
     if c.max_candidates < c.max_detections:
         raise UsageError(
