@@ -49,6 +49,7 @@ def detector_bundle(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # runs the CLI
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [
