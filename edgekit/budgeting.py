@@ -142,7 +142,8 @@ def run(
                             check_images=len(check_part), latency=latency, blocks=blocks, alternatives=alternatives,
                             naive_infer=naive, log=log)  # fmt: skip
         margin = result.margin
-        chosen = _choose(result.candidates, trials, registry.backend(backend).higher_precision, log)
+        chosen = _choose(result.candidates, trials, registry.backend(backend).higher_precision, log,
+                         n_layers=len(layers))
     speed = _speed(trials, naive, chosen) if trials.on_target else None
     if result is None and speed and speed["naive_int8_ms"] > speed["fp32_ms"] * (1 + SLOWER_TOLERANCE):
         fp32 = speed.pop("_fp32_infer")
@@ -215,10 +216,11 @@ def _discordance(f: bud.Figures) -> float:
 SHORTLIST = 3
 
 
-def _choose(candidates: list[bud.Candidate], trials: Trials, higher: str, log) -> bud.Candidate:
+def _choose(candidates: list[bud.Candidate], trials: Trials, higher: str, log, *, n_layers: int = 0) -> bud.Candidate:
     held = [c for c in candidates if c.holds]
     if not trials.on_target:  # nothing can be timed here: fewest INT8 fallbacks, else the higher precision
-        int8 = [c for c in held if c.precision == "int8"]
+        # INT8 with every layer in higher precision is the higher precision plus Q/DQ: not an INT8 answer
+        int8 = [c for c in held if c.precision == "int8" and not (n_layers and len(c.excluded) >= n_layers)]
         if int8:
             return min(int8, key=lambda c: len(c.excluded))
         order = [higher, "fp16", "fp32"]

@@ -152,3 +152,20 @@ def test_the_choice_on_this_machine_is_retimed_interleaved():
 
     cands[0].holds = False
     assert budgeting._choose(cands, Absent(), "fp16", lambda _m: None).precision == "fp32"
+
+
+def test_off_target_int8_with_every_layer_kept_is_not_an_int8_answer():
+    """Where nothing can be timed, INT8 with all its layers in higher precision loses to the higher precision
+    that holds (it is that precision plus Q/DQ); INT8 with fewer fallbacks still wins."""
+
+    class Absent:
+        on_target = False
+
+    f = Figures(99.9, images=100)
+    every = bud.Candidate("sensitivity", "int8", ("a", "b", "c"), f, True, None, lambda x: x)
+    fp16 = bud.Candidate("fp16", "fp16", (), f, True, None, lambda x: x)
+    assert budgeting._choose([every, fp16], Absent(), "fp16", lambda _m: None, n_layers=3) is fp16
+    some = bud.Candidate("sensitivity", "int8", ("a", "b"), f, True, None, lambda x: x)
+    assert budgeting._choose([every, some, fp16], Absent(), "fp16", lambda _m: None, n_layers=3) is some
+    # nothing else holds: the INT8 candidate still ships rather than nothing
+    assert budgeting._choose([every], Absent(), "fp16", lambda _m: None, n_layers=3) is every
