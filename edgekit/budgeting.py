@@ -142,8 +142,9 @@ def run(
                             check_images=len(check_part), latency=latency, blocks=blocks, alternatives=alternatives,
                             naive_infer=naive, log=log)  # fmt: skip
         margin = result.margin
-        chosen = _choose(result.candidates, trials, registry.backend(backend).higher_precision, log,
-                         n_layers=len(layers))
+        chosen = _choose(
+            result.candidates, trials, registry.backend(backend).higher_precision, log, n_layers=len(layers)
+        )
     speed = _speed(trials, naive, chosen) if trials.on_target else None
     if result is None and speed and speed["naive_int8_ms"] > speed["fp32_ms"] * (1 + SLOWER_TOLERANCE):
         fp32 = speed.pop("_fp32_infer")
