@@ -26,6 +26,9 @@ SCHEMA = "edgekit.bench"
 SCHEMA_VERSION = 1
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 FRAME_HW = (480, 640)  # the default encoded image: a VGA camera frame
+MAX_IMAGES = 64  # a folder given as the image: at most this many of its images, spread over it, taken in turn
+# what the end-to-end phase's postprocessing is, by the bundle's task (another task: its decoding)
+POSTPROCESS = {"classification": "softmax and top-k", "detection": "box decoding and NMS (boxes in the image's pixels)"}
 Log = Callable[[str], None]
 
 
@@ -35,6 +38,8 @@ class BenchOptions:
 
     Batch-1 latency runs for ``seconds`` (or exactly ``runs`` calls); every other phase (each batch size,
     decoding, preprocessing, end to end) runs for a quarter of that (or a quarter of the runs, at least 3).
+    ``image`` is the encoded image decoding, preprocessing and the end-to-end phase run on, or a folder of
+    them (up to ``MAX_IMAGES``, each call on the next: a detector's decoding and NMS cost what a scene holds).
     """
 
     seconds: float = 3.0
@@ -116,6 +121,26 @@ def encoded_image(path: Path | None) -> tuple[bytes, str]:
     return buf.tobytes(), f"synthetic {FRAME_HW[1]}x{FRAME_HW[0]} JPEG, quality 90 ({len(buf)} bytes)"
 
 
+def encoded_images(path: Path | None) -> tuple[list[bytes], str]:
+    """The encoded images the pipeline phases run on, and a description: ``encoded_image``'s one, or for a
+    folder up to ``MAX_IMAGES`` of its images (evenly spread over them in name order)."""
+    if path is None or not Path(path).is_dir():
+        data, text = encoded_image(path)
+        return [data], text
+    from edgekit.imagesets import find_images
+
+    found = find_images(path, what="image folder")
+    if not found:
+        raise UsageError(f"image folder '{path}' holds no JPEG, PNG, BMP or WebP file; pass an image or such a folder")
+    picked = [found[i * len(found) // MAX_IMAGES] for i in range(MAX_IMAGES)] if len(found) > MAX_IMAGES else found
+    picked = list(dict.fromkeys(picked))
+    sizes = sum(p.stat().st_size for p in picked)
+    return [p.read_bytes() for p in picked], (
+        f"{len(picked)} of the {len(found)} images in {Path(path).name}/, each call on the next "
+        f"({sizes // len(picked)} bytes on average)"
+    )
+
+
 def identity(bundle: Any) -> dict[str, Any]:
     """What a report matches a bench result against: the bundle hash, its model and its target."""
     m = bundle.info
@@ -179,31 +204,58 @@ def _throughput(bundle: Any, x: np.ndarray, sizes: tuple[int, ...], options: Ben
     return rows
 
 
-def _pipeline(bundle: Any, data: bytes, options: BenchOptions) -> dict[str, dict[str, Any]]:
-    """Decoding, preprocessing, and one image end to end (decode, preprocess, infer, postprocess)."""
+def _pipeline(bundle: Any, images: list[bytes], options: BenchOptions) -> dict[str, dict[str, Any]]:
+    """Decoding, preprocessing, and one image end to end (decode, preprocess, infer, postprocess: the bundle's
+    task's decoding, a detector's boxes in the image's pixels), each call on the next of ``images``."""
     from edgekit.runtime.preprocess import decode_image
 
-    frame = decode_image(data, name="bench image")
+    frames = [decode_image(data, name="bench image") for data in images]
     timing = options.timing("pipeline")
+    turn = {"decode": 0, "preprocess": 0, "end_to_end": 0}
+
+    def nth(phase: str, items: list[Any]) -> Any:
+        i = turn[phase]
+        turn[phase] = i + 1
+        return items[i % len(items)]
+
+    stages: list[tuple[float, float, float]] = []  # each call's (decode + preprocess, inference, postprocess) s
 
     def end_to_end() -> None:
-        x = bundle.preprocess(decode_image(data), color_order="BGR")[None]
-        bundle.postprocess(bundle.infer(x))
+        t0 = time.perf_counter()
+        frame = decode_image(nth("end_to_end", images))
+        x = bundle.preprocess(frame, color_order="BGR")[None]
+        t1 = time.perf_counter()
+        out = bundle.infer(x)
+        t2 = time.perf_counter()
+        bundle.postprocess(out, sizes=[frame.shape[:2]])
+        stages.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
 
+    letterbox = getattr(bundle.preprocess_spec, "fit", None) == "letterbox"
+    resize = "letterbox (resize keeping the aspect ratio, pad)" if letterbox else "resize, crop"
+    post = POSTPROCESS.get(bundle.task.name, f"the {bundle.task.name} task's decoding")
     return {
         "decode": {
             "what": "decode the encoded image to BGR pixels",
-            **measure(lambda: decode_image(data), warmup=3, **timing),
+            **measure(lambda: decode_image(nth("decode", images)), warmup=3, **timing),
         },
         "preprocess": {
-            "what": "resize, crop, colour order, normalise and layout of the decoded image",
-            **measure(lambda: bundle.preprocess(frame, color_order="BGR"), warmup=3, **timing),
+            "what": f"{resize}, colour order, normalise and layout of the decoded image",
+            **measure(lambda: bundle.preprocess(nth("preprocess", frames), color_order="BGR"), warmup=3, **timing),
         },
         "end_to_end": {
-            "what": "decode + preprocess + batch-1 inference + softmax and top-k",
+            "what": f"decode + {'letterbox' if letterbox else 'preprocess'} + batch-1 inference + {post}",
             **measure(end_to_end, warmup=3, **timing),
+            "stages_p50_ms": _stages(stages[3:]),
         },
     }
+
+
+def _stages(stages: list[tuple[float, float, float]]) -> dict[str, float]:
+    """The p50 of each part of the end-to-end calls, timed within the same calls (so, unlike the batch-1
+    phase's p50, the inference part never exceeds the whole under changing load)."""
+    arr = np.asarray(stages, dtype=np.float64).reshape(-1, 3) * 1000.0
+    p50 = np.percentile(arr, 50, axis=0) if len(arr) else [float("nan")] * 3
+    return {k: round(float(v), 4) for k, v in zip(("decode_preprocess", "inference", "postprocess"), p50, strict=True)}
 
 
 def _check_val(bundle: Any, val: Path) -> None:
@@ -247,20 +299,20 @@ def bench_bundle(path: str | Path, *, options: BenchOptions | None = None, log: 
     options = options or BenchOptions()
     log = log or (lambda _msg: None)
     rss_start = _rss_mb()
-    data, image = encoded_image(options.image)
+    images, image = encoded_images(options.image)
     with load_bundle(path, device=options.device) as bundle:
         rss_loaded = _rss_mb()
         sizes = _batch_sizes(bundle, options.batch_sizes)
         if options.val is not None:
             _check_val(bundle, Path(options.val))
-        x = bundle.preprocess(decode_image(data, name=image), color_order="BGR")[None]
+        x = bundle.preprocess(decode_image(images[0], name=image), color_order="BGR")[None]
         how = f"{options.runs} runs" if options.runs else f"{options.seconds:g} s"
         log(f"batch-1 latency over {how} after {options.warmup} warm-up runs")
         latency, cpu = _latency(bundle, x, options)
         log(f"throughput at batch sizes {', '.join(map(str, sizes))}")
         throughput = _throughput(bundle, x, sizes, options)
         log("decoding, preprocessing and end-to-end cost")
-        pipeline = _pipeline(bundle, data, options)
+        pipeline = _pipeline(bundle, images, options)
         memory = {"rss_before_load_mb": rss_start, "rss_after_load_mb": rss_loaded, "peak_rss_mb": _peak_rss_mb()}
         accuracy = _accuracy(bundle, Path(options.val), log) if options.val is not None else None
         return {

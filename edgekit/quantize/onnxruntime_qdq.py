@@ -288,10 +288,33 @@ def prepare(model: Any, recipe: QDQRecipe, folder: Path) -> tuple[Any, Path, dic
             continue
         if i:
             record["pre_processing"] = {"ran": what, "failed": failures}
+        _name_nodes(prepped)
         return model, prepped, record
     shutil.copyfile(src, prepped)  # unreachable in practice: the last step only re-saves the model
     record["pre_processing"] = {"ran": "none", "failed": failures}
+    _name_nodes(prepped)
     return model, prepped, record
+
+
+def _name_nodes(path: Path) -> None:
+    """Give every unnamed node of the graph at ``path`` a unique name (``<op>_edgekit_<n>``), in place.
+
+    ONNX allows unnamed nodes and some exporters write them (NMS tails, hand-built graphs), but the
+    quantizer's ``nodes_to_exclude``, the output tail and the budget's layers all name nodes: an unnamed
+    node could be neither kept in float nor reverted."""
+    onnx = require("onnx", extra="compile", purpose="INT8 quantization")
+    model = onnx.load(str(path))
+    taken = {n.name for n in model.graph.node if n.name}
+    if len(taken) == len(model.graph.node):
+        return
+    count = 0
+    for node in model.graph.node:
+        if not node.name:
+            while f"{node.op_type}_edgekit_{count}" in taken:
+                count += 1
+            node.name = f"{node.op_type}_edgekit_{count}"
+            taken.add(node.name)
+    onnx.save(model, str(path))
 
 
 def _quantize_static(quantize_static: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

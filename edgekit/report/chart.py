@@ -1,8 +1,10 @@
 """The accuracy-vs-latency chart as inline SVG: one point a combination, the Pareto front drawn through.
 
-Colour is the target, shape the precision; a filled point's latency was measured (here or on the
-device), a hollow one's is an estimate, drawn with its band (a horizontal bar from low to high). Latency is
-on a log axis. No script, no external file.
+The vertical axis is the task's headline metric (a classifier's top-1, a detector's mAP@[.5:.95]). Colour is
+the target, shape the precision; a filled point's latency was measured (here or on the device), a hollow
+one's is an estimate, drawn with its band (a horizontal bar from low to high). For a task whose end-to-end
+latency matters (a detector's decoding and NMS), a dotted line runs from each point's model-only latency to a
+bar at its end-to-end latency. Latency is on a log axis. No script, no external file.
 """
 
 from __future__ import annotations
@@ -11,16 +13,24 @@ import math
 from html import escape
 from typing import Any
 
+from edgekit.report.summary import Figures, doc_figures, score_of
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 W, H = 820, 460
 LEFT, RIGHT, TOP, BOTTOM = 70, 200, 20, 56
+E2E_LINE = 'stroke-width="1.2" stroke-dasharray="2 3"'  # inline, so a classifier's page keeps its stylesheet
+E2E_BELOW = 4  # px: the end-to-end line runs this far below its point
 
 
 def _points(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         r for r in doc["results"]
-        if r["status"] == "ok" and r["accuracy"]["top1"] is not None and r["latency"]["p50_ms"]
+        if r["status"] == "ok" and score_of(r["accuracy"]) is not None and r["latency"]["p50_ms"]
     ]  # fmt: skip
+
+
+def _end_to_end(p: dict[str, Any]) -> float | None:
+    return (p.get("bench") or {}).get("end_to_end_ms") or None
 
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
@@ -41,12 +51,12 @@ def _marker(shape: str, x: float, y: float, colour: str, hollow: bool) -> str:
 
 
 class _Axes:
-    def __init__(self, pts: list[dict[str, Any]], fp32: float | None) -> None:
-        lats = [p["latency"]["p50_ms"] for p in pts]
-        accs = [p["accuracy"]["top1"] for p in pts] + ([fp32] if fp32 is not None else [])
+    def __init__(self, pts: list[dict[str, Any]], fp32: float | None, end_to_end: bool = False) -> None:
+        lats = [p["latency"]["p50_ms"] for p in pts] + [e for p in pts if end_to_end and (e := _end_to_end(p))]
+        accs = [score_of(p["accuracy"]) for p in pts] + ([fp32] if fp32 is not None else [])
         self.x0, self.x1 = min(lats) / 1.6, max(lats) * 1.6
         lo, hi = min(accs), max(accs)
-        pad = max(0.25, (hi - lo) * 0.12, (1.0 - (hi - lo)) / 2)  # at least one point of top-1 shown
+        pad = max(0.25, (hi - lo) * 0.12, (1.0 - (hi - lo)) / 2)  # at least one point of the metric shown
         self.y0, self.y1 = max(0.0, lo - pad), min(100.0, hi + pad)
 
     def x(self, ms: float) -> float:
@@ -57,7 +67,7 @@ class _Axes:
         return TOP + (self.y1 - acc) / (self.y1 - self.y0) * (H - TOP - BOTTOM)
 
 
-def _grid(ax: _Axes) -> list[str]:
+def _grid(ax: _Axes, shown: Figures) -> list[str]:
     out = []
     for t in _log_ticks(ax.x0, ax.x1):
         x = ax.x(t)
@@ -75,7 +85,7 @@ def _grid(ax: _Axes) -> list[str]:
         f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - 14}" text-anchor="middle" class="label">'
         "batch-1 latency, p50 (ms, log scale)</text>",
         f'<text transform="translate(18 {(TOP + H - BOTTOM) / 2}) rotate(-90)" text-anchor="middle" class="label">'
-        "top-1 accuracy (%)</text>",
+        f"{escape(shown.quantity)} (%)</text>",
     ]
     return out
 
@@ -86,7 +96,7 @@ def _front(ax: _Axes, pts: list[dict[str, Any]]) -> list[str]:
         return []
     coords, prev = [], None
     for p in front:
-        x, y = ax.x(p["latency"]["p50_ms"]), ax.y(p["accuracy"]["top1"])
+        x, y = ax.x(p["latency"]["p50_ms"]), ax.y(score_of(p["accuracy"]))
         if prev is not None:
             coords.append(f"{x:.1f},{prev:.1f}")
         coords.append(f"{x:.1f},{y:.1f}")
@@ -97,7 +107,7 @@ def _front(ax: _Axes, pts: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _legend(colours: dict[str, str]) -> list[str]:
+def _legend(colours: dict[str, str], end_to_end: bool = False) -> list[str]:
     x, y = W - RIGHT + 16, TOP + 8
     out = [f'<text x="{x}" y="{y}" class="legend-head">target</text>']
     for name, colour in colours.items():
@@ -121,6 +131,13 @@ def _legend(colours: dict[str, str]) -> list[str]:
         f'<line x1="{x}" y1="{y + 50}" x2="{x + 14}" y2="{y + 50}" class="fp32"/>',
         f'<text x="{x + 18}" y="{y + 54}" class="legend">FP32 reference</text>',
     ]
+    if end_to_end:
+        out += [
+            f'<line x1="{x}" y1="{y + 68}" x2="{x + 14}" y2="{y + 68}" class="e2e-line" stroke="#555" {E2E_LINE}/>',
+            f'<line x1="{x + 14}" y1="{y + 63}" x2="{x + 14}" y2="{y + 73}" class="e2e-end" stroke="#555" stroke-width="2"/>',
+            f'<text x="{x + 18}" y="{y + 72}" class="legend">end to end</text>',
+            f'<text x="{x + 18}" y="{y + 86}" class="legend">(+ decode, NMS)</text>',
+        ]
     return out
 
 
@@ -153,11 +170,26 @@ def place_labels(items: list[tuple[float, float, str]]) -> list[tuple[float, flo
     return placed
 
 
-def _tooltip(p: dict[str, Any]) -> str:
+def _tooltip(p: dict[str, Any], shown: Figures) -> str:
     acc, lat = p["accuracy"], p["latency"]
+    e2e = _end_to_end(p) if shown.end_to_end else None
     return escape(
-        f"{p['id']}: top-1 {acc['top1']:.2f}% ({acc['source']['how']}); p50 {lat['p50_ms']:.4g} ms "
+        f"{p['id']}: {shown.name} {score_of(acc):.2f}% ({acc['source']['how']}); p50 {lat['p50_ms']:.4g} ms "
         f"({lat['source']['how']}{'; ' + lat['source']['machine'] if lat['source'].get('machine') else ''})"
+        + (f"; end to end {e2e:.4g} ms ({p['bench'].get('end_to_end_what') or 'end to end'})" if e2e else "")
+    )
+
+
+def _end_to_end_mark(ax: _Axes, p: dict[str, Any], y: float, colour: str) -> str:
+    """A dotted line from the model-only latency to a bar at the end-to-end one, just below the point (so that
+    the Pareto front, drawn at the point's height, does not hide it)."""
+    e2e = _end_to_end(p)
+    if not e2e:
+        return ""
+    x0, x1, y = ax.x(p["latency"]["p50_ms"]) + 7, ax.x(e2e), y + E2E_BELOW
+    return (
+        f'<line x1="{x0:.1f}" y1="{y:.1f}" x2="{x1:.1f}" y2="{y:.1f}" class="e2e-line" stroke="{colour}" {E2E_LINE}/>'
+        f'<line x1="{x1:.1f}" y1="{y - 5:.1f}" x2="{x1:.1f}" y2="{y + 5:.1f}" class="e2e-end" stroke="{colour}" stroke-width="2"/>'
     )
 
 
@@ -166,15 +198,16 @@ def render_chart(doc: dict[str, Any]) -> str:
     pts = _points(doc)
     if not pts:
         return '<p id="chart-empty">No combination has both an accuracy and a latency yet.</p>'
-    fp32 = (doc.get("fp32_reference") or {}).get("top1")
-    ax = _Axes(pts, fp32)
+    shown = doc_figures(doc)
+    fp32 = score_of(doc.get("fp32_reference"))
+    ax = _Axes(pts, fp32, shown.end_to_end)
     colours = {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(dict.fromkeys(p["target"] for p in pts))}
-    body = _grid(ax)
+    body = _grid(ax, shown)
     if fp32 is not None:
         y = ax.y(fp32)
         body.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" y2="{y:.1f}" class="fp32"/>')
     body += _front(ax, pts)
-    xy = [(ax.x(p["latency"]["p50_ms"]), ax.y(p["accuracy"]["top1"]), p["id"]) for p in pts]
+    xy = [(ax.x(p["latency"]["p50_ms"]), ax.y(score_of(p["accuracy"])), p["id"]) for p in pts]
     for p, (x, y, _), (lx, ly, anchor) in zip(pts, xy, place_labels(xy), strict=True):
         hollow = p["latency"]["source"]["kind"] == "estimated"
         far = abs(ly - y) > 16  # a label moved away from its point gets a leader line
@@ -184,13 +217,15 @@ def render_chart(doc: dict[str, Any]) -> str:
             x1, x2 = max(LEFT, ax.x(low)), min(W - RIGHT, ax.x(high))
             leader += (f'<line x1="{x1:.1f}" y1="{y:.1f}" x2="{x2:.1f}" y2="{y:.1f}" class="band" '
                        f'stroke="{colours[p["target"]]}" stroke-width="1.5" stroke-opacity="0.6"/>')  # fmt: skip
+        if shown.end_to_end:
+            leader += _end_to_end_mark(ax, p, y, colours[p["target"]])
         body.append(
-            f'<g class="point" data-id="{escape(p["id"])}"><title>{_tooltip(p)}</title>{leader}'
+            f'<g class="point" data-id="{escape(p["id"])}"><title>{_tooltip(p, shown)}</title>{leader}'
             f"{_marker(p['precision'], x, y, colours[p['target']], hollow)}"
             f'<text x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" class="point-label">{escape(p["id"])}</text></g>'
         )
-    body += _legend(colours)
+    body += _legend(colours, shown.end_to_end)
     return (
         f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-        'role="img" aria-label="top-1 accuracy against batch-1 latency">' + "".join(body) + "</svg>"
+        f'role="img" aria-label="{escape(shown.quantity)} against batch-1 latency">' + "".join(body) + "</svg>"
     )

@@ -60,9 +60,12 @@ def bundle_identity(bundle: Path) -> dict[str, Any]:
     return {"hash": bundle_hash(text), "size_bytes": size}
 
 
-def run_bench(bundle: Path, seconds: float, timeout: float = 600) -> dict[str, Any]:
-    """``edgekit bench BUNDLE --json`` in a fresh process, so memory and CPU figures are the bundle's own."""
+def run_bench(bundle: Path, seconds: float, timeout: float = 600, images: Path | None = None) -> dict[str, Any]:
+    """``edgekit bench BUNDLE --json`` in a fresh process, so memory and CPU figures are the bundle's own;
+    ``images`` (an image or a folder) is what its end-to-end phase runs on (default: bench's synthetic frame)."""
     cmd = [sys.executable, "-m", "edgekit", "bench", str(bundle), "--json", "-q", "--seconds", f"{seconds:g}"]
+    if images is not None:
+        cmd += ["--image", str(images)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -116,11 +119,13 @@ def run_combination(
     cost: GraphCost,
     note: Note,
     bench_seconds: float | None = None,
+    bench_images: Path | None = None,
 ) -> dict[str, Any]:
     """Compile, measure (where the target runs here) and estimate one combination; never raises for a failure.
 
     ``base`` holds what every combination compiles from (``request_for`` derives this one's request);
-    ``bench_seconds`` runs ``edgekit bench`` that long on a bundle measured here (None: no bench)."""
+    ``bench_seconds`` runs ``edgekit bench`` that long on a bundle measured here (None: no bench), its
+    end-to-end phase on ``bench_images`` (a detector's validation scenes) when given."""
     record: dict[str, Any] = {"id": combo.id, "key": key, **combo.describe(), "status": "failed", "error": None}
     record["estimate"] = estimate(cost, combo.target.hardware, combo.precision)
     bundle = out / "bundles" / f"{combo.id}.edgekit"
@@ -142,7 +147,7 @@ def run_combination(
     if bench_seconds is not None and (manifest.get("latency") or {}).get("measured"):
         note("benchmarking (edgekit bench)")
         try:
-            record["bench"] = run_bench(bundle, bench_seconds)
+            record["bench"] = run_bench(bundle, bench_seconds, images=bench_images)
         except (EdgekitError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
             record["notes"].append(f"bench failed, the compile-time latency is used instead: {_one_line(exc)}")
     return _finish(record)

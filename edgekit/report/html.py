@@ -8,7 +8,21 @@ from html import escape
 from typing import Any
 
 from edgekit.report.chart import render_chart
-from edgekit.report.writers import TAGS, estimate_cell, estimator_lines, fmt, ms, points, speed_sentence, table
+from edgekit.report.summary import doc_figures, score_of
+from edgekit.report.writers import (
+    TAGS,
+    cells,
+    columns,
+    end_to_end_text,
+    estimate_cell,
+    estimator_lines,
+    fmt,
+    latency_note,
+    ms,
+    points,
+    reference_text,
+    speed_sentence,
+)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
@@ -48,14 +62,14 @@ def _header(doc: dict[str, Any]) -> str:
         f"{m['parameters'] / 1e6:.3f} M parameters. Validation: {val['images']} images "
         f"(<code>{escape(val['path'])}</code>); calibration: "
         + (f"{calib['images']} images (<code>{escape(calib['path'])}</code>)" if calib else "none")
-        + f". FP32 reference top-1 {fp32['top1']:.2f}%, top-5 {fp32['top5']:.2f}% ({escape(fp32['how'])}).</p>"
+        + f". FP32 reference {escape(reference_text(fp32, every=True))} ({escape(fp32['how'])}).</p>"
         + partial
     )
 
 
 def _recommendations(doc: dict[str, Any]) -> str:
     b = doc["budget"]
-    budget = f"top-1 drop at most {points(b['max_accuracy_drop'])}" + (
+    budget = f"{doc_figures(doc).name} drop at most {points(b['max_accuracy_drop'])}" + (
         " (the default; set it with --max-accuracy-drop)" if b["accuracy_budget_defaulted"] else ""
     )
     if b["max_latency_ms"]:
@@ -65,29 +79,32 @@ def _recommendations(doc: dict[str, Any]) -> str:
 
 
 def _results(doc: dict[str, Any]) -> str:
-    header, _ = table(doc)
+    shown = doc_figures(doc)
+    cols = columns(shown)
     body = []
     for r in doc["results"]:
         if r["status"] != "ok":
             body.append(
-                f'<tr class="failed"><td>{escape(r["id"])}</td><td colspan="{len(header) - 1}" style="text-align:left">'
+                f'<tr class="failed"><td>{escape(r["id"])}</td><td colspan="{len(cols) - 1}" style="text-align:left">'
                 f"{escape(r['status'])}: {escape(str(r['error']))}</td></tr>"
             )
             continue
         acc, lat, bench = r["accuracy"], r["latency"], r["bench"] or {}
         best = bench.get("best_throughput") or {}
         btag = _tag(bench["source"]["kind"], bench["source"]["how"]) if bench else ""
-        cells = [
-            escape(r["id"]), "ok", f"{fmt(acc['top1'])}{_tag(acc['source']['kind'], acc['source']['how'])}",
-            fmt(acc.get("drop_points")), fmt(acc.get("agreement_with_fp32"), 1),
-            f"{ms(lat['p50_ms'])}{_tag(lat['source']['kind'], lat['source']['how'])}", ms(lat.get("p99_ms")),
-            f"{fmt(best.get('images_per_s'), 0)}{btag if best else ''}" + (f" @{best['batch']}" if best else ""),
-            ms(bench.get("end_to_end_ms")), escape(estimate_cell(r["estimate"])) + (_tag("estimated", _est_how(r["estimate"])) if r["estimate"] else ""),
-            fmt(bench.get("peak_rss_mb"), 0), fmt(r.get("compile_seconds"), 1), "yes" if r["pareto"] else "",
-        ]  # fmt: skip
+        cell = {key: escape(text) for key, text in cells(r, shown).items()}
+        cell.update({
+            "score": f"{fmt(score_of(acc))}{_tag(acc['source']['kind'], acc['source']['how'])}",
+            "drop": fmt(acc.get("drop_points")),
+            "p50": f"{ms(lat['p50_ms'])}{_tag(lat['source']['kind'], lat['source']['how'])}",
+            "tput": f"{fmt(best.get('images_per_s'), 0)}{btag if best else ''}" + (f" @{best['batch']}" if best else ""),
+            "est": escape(estimate_cell(r["estimate"])) + (_tag("estimated", _est_how(r["estimate"])) if r["estimate"] else ""),
+        })  # fmt: skip
+        if bench.get("end_to_end_ms") is not None and bench.get("end_to_end_what") and shown.end_to_end:
+            cell["e2e"] = f'<span title="{escape(end_to_end_text(bench))}">{cell["e2e"]}</span>'
         cls = ' class="pareto"' if r["pareto"] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+        body.append(f"<tr{cls}>" + "".join(f"<td>{cell[key]}</td>" for key, _ in cols) + "</tr>")
+    head = "".join(f"<th>{escape(h)}</th>" for _, h in cols)
     return f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
@@ -114,14 +131,15 @@ def _per_class(doc: dict[str, Any]) -> str:
     return f'<table id="per-class"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _budget_fig(f: dict[str, Any]) -> str:
+def _budget_fig(f: dict[str, Any], name: str = "top-1") -> str:
+    """A budget search's figures (its records call the task's metric ``top1``, whatever the task)."""
     text = f"{fmt(f['agreement_with_fp32'])}% agreement"
-    return text if f.get("top1") is None else f"{text}, top-1 {fmt(f['top1'])}% (drop {fmt(f['drop_points'])})"
+    return text if f.get("top1") is None else f"{text}, {name} {fmt(f['top1'])}% (drop {fmt(f['drop_points'])})"
 
 
 def _budgets(doc: dict[str, Any]) -> str:
     """Per budgeted combination: the outcome, the curve of layers reverted, the sensitivity ranking."""
-    parts = []
+    parts, name = [], doc_figures(doc).name
     for r in doc["results"]:
         b = r.get("budget") if r["status"] == "ok" else None
         if not b:
@@ -139,16 +157,16 @@ def _budgets(doc: dict[str, Any]) -> str:
         speed = speed_sentence(b).replace("**", "")
         parts.append(
             f"<h3>{escape(r['id'])}: {escape(b['budget']['text'])}, {'met' if b['met'] else 'NOT met'}</h3>"
-            f"<p>Naive INT8 on the {b['search_images']} search images: {_budget_fig(b['naive_int8_on_search'])}. "
+            f"<p>Naive INT8 on the {b['search_images']} search images: {_budget_fig(b['naive_int8_on_search'], name)}. "
             f"With {len(b['layers_kept_in_higher_precision'])} of {b['quantized_layers']} layers in "
-            f"{escape(b['higher_precision'])}: {_budget_fig(b['on_search'])}; on the {b['check_images']} check images "
-            f"the search never used: {_budget_fig(b['on_check'])}. {b['trial_builds']} trial builds, "
+            f"{escape(b['higher_precision'])}: {_budget_fig(b['on_search'], name)}; on the {b['check_images']} check "
+            f"images the search never used: {_budget_fig(b['on_check'], name)}. {b['trial_builds']} trial builds, "
             f"{b['search_seconds']} s, {escape(b['measured_with'])}. {escape(speed)}</p>"
             '<table class="budget-curve"><thead><tr><th>layers reverted</th><th>last reverted</th>'
-            "<th>agreement %</th><th>top-1 %</th><th>batch-1 ms</th></tr></thead>"
+            f"<th>agreement %</th><th>{escape(name)} %</th><th>batch-1 ms</th></tr></thead>"
             f"<tbody>{curve}</tbody></table>"
             '<table class="budget-ranking"><thead><tr><th>rank</th><th>layer (reverted alone)</th>'
-            "<th>output NMSE vs FP32</th><th>agreement %</th><th>top-1 %</th></tr></thead>"
+            f"<th>output NMSE vs FP32</th><th>agreement %</th><th>{escape(name)} %</th></tr></thead>"
             f"<tbody>{ranking}</tbody></table>"
         )
     return "".join(parts)
@@ -162,9 +180,15 @@ def _provenance(doc: dict[str, Any]) -> str:
             continue
         a, lat = r["accuracy"]["source"], r["latency"]["source"]
         machine = f" on {lat['machine']}" if lat.get("machine") else ""
+        bench = r["bench"] or {}
+        e2e = (
+            f"; end to end: {end_to_end_text(bench)}"
+            if doc_figures(doc).end_to_end and bench.get("end_to_end_what")
+            else ""
+        )
         items.append(
             f"<li><b>{escape(r['id'])}</b>: accuracy {_tag(a['kind'], a['how'])} {escape(a['how'])}; latency "
-            f"{_tag(lat['kind'], lat['how'])} {escape(lat['how'] + machine)}</li>"
+            f"{_tag(lat['kind'], lat['how'])} {escape(lat['how'] + machine + e2e)}</li>"
         )
     sw = doc["software"]
     versions = ", ".join(
@@ -219,8 +243,7 @@ def render(doc: dict[str, Any]) -> str:
         + "<h2>Results</h2>"
         + _results(doc)
         + '<p class="muted">Tags: M measured here, D measured on the device (merged), S simulated, E estimated; '
-        "hover a tag for how. Latency is batch-1 p50 of model inference on a preprocessed input; e2e adds "
-        "decoding a JPEG, preprocessing and postprocessing; est. ms is the estimate for the target file's "
+        f"hover a tag for how. {escape(latency_note(doc, html=True))}; est. ms is the estimate for the target file's "
         "device with its band (low-high); MB is the bench process's peak RSS. Estimated latencies are "
         + (
             "on the Pareto front and in the recommendations (--include-estimates)."
@@ -228,7 +251,7 @@ def render(doc: dict[str, Any]) -> str:
             else "kept off the Pareto front and out of the recommendations unless --include-estimates."
         )
         + "</p>"
-        + "<h2>Per-class accuracy (top-1 %)</h2>"
+        + f"<h2>{escape(doc_figures(doc).per_class)}</h2>"
         + _per_class(doc)
         + ("<h2>Accuracy budget: sensitivity and fallback</h2>" + _budgets(doc) if _budgets(doc) else "")
         + "<h2>How each figure was obtained</h2>"

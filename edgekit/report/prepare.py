@@ -1,8 +1,9 @@
 """What every combination of a report shares, checked once before anything is compiled.
 
-The model, its spec and labels, the validation set (and the FP32 reference accuracy on it), the
-calibration set and the model's cost. Bad input (an empty validation set, class folders that are not the
-model's labels, int8 without calibration images) fails here with one clear error, before any work.
+The model, its spec and labels, the validation set (and the FP32 reference accuracy on it, in the model's
+task's metrics: a classifier's top-1, a detector's COCO mAP), the calibration set and the model's cost. Bad
+input (an empty validation set, class folders that are not the model's labels, a detector's folder without
+COCO annotations, int8 without calibration images) fails here with one clear error, before any work.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from edgekit import spec as specs
 from edgekit.errors import DataError, UsageError
 from edgekit.measure import evaluate as ev
 from edgekit.report.estimate import GraphCost, graph_cost
+from edgekit.report.summary import figures
 from edgekit.request import CompileRequest
 
 
@@ -29,6 +31,7 @@ class Prepared:
     fp32: dict[str, Any]
     cost: GraphCost
     runtimes: dict[str, str]
+    bench_images: Path | None = None  # what edgekit bench's end-to-end phase runs on (None: its synthetic frame)
 
 
 def _overrides(options: Any, loaded: Any) -> dict[str, Any]:
@@ -49,6 +52,9 @@ def _overrides(options: Any, loaded: Any) -> dict[str, Any]:
         data["labels"] = specs.read_labels_file(options.labels)
     elif options.labels:
         data["labels"] = tuple(options.labels)
+    if not data.get("labels") and data.get("task") == "detection":
+        raise UsageError("a detector's labels (one a class, in the model's class order) are not given; add labels "
+                         "to its spec file or pass --labels FILE")  # fmt: skip
     if not data.get("labels"):
         data["labels"] = tuple(class_folders(options.val))
     if not data["labels"]:
@@ -100,7 +106,8 @@ def prepare(model: str | Path, options: Any, *, log: Callable[[str], None], bund
     ``bundles`` is the folder the combinations' bundles go into (the shared request's output until a
     combination names its own)."""
     from edgekit.frontends import load_model
-    from edgekit.imagesets import load_calibration, load_labelled
+    from edgekit.imagesets import load_calibration, load_detection, load_labelled
+    from edgekit.tasks import get_task
 
     _check_inputs(options)
     log(f"loading {model}")
@@ -114,9 +121,14 @@ def prepare(model: str | Path, options: Any, *, log: Callable[[str], None], bund
             f"model outputs {classes} classes; the validation folder's class folders (or --labels) must match the model"
         )
     log(f"reading validation images from {options.val}")
-    val = load_labelled(options.val, spec, spec.labels)
+    val = (
+        load_detection(options.val, spec) if spec.task == "detection" else load_labelled(options.val, spec, spec.labels)
+    )
     outputs = ev.run_batches(lambda x: session.run(None, {spec.input.name: x})[0], val, 64)
-    fp32 = ev.evaluate(outputs, val.labels, spec.labels, spec.task)
+    task = get_task(spec.task)
+    task = task.bind(task.postprocess_record(spec.output_kind, [-1, *outputs.shape[1:]], spec=spec))
+    fp32 = ev.evaluate(outputs, val.labels, spec.labels, task)
+    shown = figures(task.metric)
     calib = None
     if "int8" in options.precisions:
         cal = load_calibration(options.calib, spec, size=options.calib_size)
@@ -138,6 +150,7 @@ def prepare(model: str | Path, options: Any, *, log: Callable[[str], None], bund
             "name": spec.name,
             "file": loaded.source_name,
             "format": loaded.source_format,
+            "task": spec.task,
             "sha256": loaded.source_sha256,
             "input_shape": list(spec.input.shape),
             "classes": classes,
@@ -147,7 +160,13 @@ def prepare(model: str | Path, options: Any, *, log: Callable[[str], None], bund
         val={"path": str(options.val), "images": len(val.paths), "skipped": len(val.skipped), "sha256": val.sha256},
         calib=calib,
         calib_size=options.calib_size,
-        fp32={**fp32.summary(), "per_class": fp32.per_class, "how": "ONNX Runtime CPU, FP32, the source model, here"},
+        fp32={
+            "metric": task.metric,
+            **fp32.summary(),
+            "per_class": fp32.per_class,
+            "how": "ONNX Runtime CPU, FP32, the source model, here",
+        },
         cost=cost,
         runtimes=_runtimes(),
+        bench_images=Path(options.val) if shown.end_to_end else None,
     )

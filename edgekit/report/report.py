@@ -289,7 +289,7 @@ def run_report(
             reason = _unsupported(combo)
             record = skipped(combo, reason, keys[combo.id]) if reason else run_combination(
                 combo, prep.request, out=out, key=keys[combo.id], cost=prep.cost, note=bar.note,
-                bench_seconds=options.bench_seconds if options.bench else None,
+                bench_seconds=options.bench_seconds if options.bench else None, bench_images=prep.bench_images,
             )  # fmt: skip
             _save(out, record)
             records[combo.id] = record
@@ -329,11 +329,12 @@ def _estimator(cost: GraphCost, host: Any, rows: list[dict[str, Any]], targets: 
     }
 
 
-def _drop_points(options: ReportOptions, fp32_top1: float) -> float:
-    """--max-accuracy-drop in top-1 points: "B" is B points, "B%" is B% of the FP32 top-1."""
+def _drop_points(options: ReportOptions, fp32_score: float) -> float:
+    """--max-accuracy-drop in points of the task's metric (a classifier's top-1, a detector's mAP@[.5:.95]): "B"
+    is B points, "B%" is B% of the FP32 figure."""
     from edgekit.quantize.budget import Budget
 
-    return Budget.max_accuracy_drop(options.max_accuracy_drop).allowed_drop(fp32_top1)
+    return Budget.max_accuracy_drop(options.max_accuracy_drop).allowed_drop(fp32_score)
 
 
 def document(
@@ -347,12 +348,11 @@ def document(
     """The report.json document (schema ``edgekit.report`` version 1, documented in docs/report.md)."""
     fp32, machine = prep.fp32, describe_machine()
     rows = [
-        summary.row_of(records[c.id], fp32["top1"], prep.val["sha256"], machine["summary"])
-        for c in combos
-        if c.id in records
+        summary.row_of(records[c.id], fp32, prep.val["sha256"], machine["summary"]) for c in combos if c.id in records
     ]
     summary.mark_pareto(rows, options.include_estimates)
-    max_drop = summary.DEFAULT_MAX_DROP if options.max_accuracy_drop is None else _drop_points(options, fp32["top1"])
+    score = summary.score_of(fp32)
+    max_drop = summary.DEFAULT_MAX_DROP if options.max_accuracy_drop is None else _drop_points(options, score)
     names = list(dict.fromkeys(t.name for t in targets))
     return {
         "schema": summary.REPORT_SCHEMA,

@@ -12,6 +12,7 @@ measured point off the front, and a target with any measured or merged row is re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 REPORT_SCHEMA = "edgekit.report"
@@ -27,23 +28,99 @@ KINDS = {
 }
 
 
+# What a report calls each figure a task's metrics hold (a manifest's ``accuracy.value`` keys)
+FIGURE_NAMES = {"top1": "top-1", "top5": "top-5", "map50_95": "mAP@[.5:.95]", "map50": "mAP@.5",
+                "precision": "precision", "recall": "recall", "f1": "F1"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Figures:
+    """How the report shows a task's accuracy, chosen by its headline metric (a manifest's ``accuracy.metric``).
+
+    ``name`` is the metric as a reader knows it; ``quantity`` what the chart's axis plots; ``columns`` the
+    per-row figures besides it (key in the row's accuracy, column header, digits); ``per_class`` the heading of
+    the per-class table. ``end_to_end`` marks a task whose postprocessing costs what the image holds (a
+    detector's box decoding and NMS): its end-to-end p50 is measured on the validation images, stands beside the
+    model-only p50 in the table and is drawn on the chart. ``latency_note`` says what each latency includes
+    (None: the writers' own sentence, the classifier's).
+    """
+
+    metric: str
+    name: str
+    quantity: str
+    per_class: str
+    columns: tuple[tuple[str, str, int], ...] = ()
+    end_to_end: bool = False
+    latency_note: str | None = None
+
+
+METRICS = {
+    "top1": Figures("top1", "top-1", "top-1 accuracy", "Per-class accuracy (top-1 %)"),
+    "map50_95": Figures(
+        "map50_95",
+        "mAP@[.5:.95]",
+        "mAP@[.5:.95]",
+        "Per-class AP@[.5:.95] (%)",
+        columns=(("precision", "P %", 1), ("recall", "R %", 1), ("score_threshold", "thr", 3)),
+        end_to_end=True,
+        latency_note="model p50 ms is batch-1 p50 of model inference alone on a preprocessed input (no box "
+        "decoding, no NMS); e2e p50 ms is one image end to end: JPEG decoding, letterbox, batch-1 inference, box "
+        "decoding and NMS (boxes mapped to the image's pixels), each call on the next validation image. mAP is "
+        "COCO's mAP@[.5:.95] (score 0.001, 100 detections an image); P % and R % are precision and recall at the "
+        "row's shipped score threshold (thr: INT8 re-tunes it to keep FP32's precision and recall at the spec's "
+        "threshold); agree % is the F1 of the row's detections against FP32's (IoU 0.5, same class)",
+    ),
+}
+
+
+def figures(metric: str | None) -> Figures:
+    """The ``Figures`` of a headline metric; an unknown one is shown under its own name."""
+    metric = metric or "top1"
+    return METRICS.get(metric) or Figures(metric, figure_name(metric), figure_name(metric), f"Per-class {metric} (%)")
+
+
+def figure_name(key: str) -> str:
+    return FIGURE_NAMES.get(key, key)
+
+
+def doc_figures(doc: dict[str, Any]) -> Figures:
+    """The ``Figures`` of a report document: its FP32 reference's metric (top-1 for a document without one)."""
+    return figures((doc.get("fp32_reference") or {}).get("metric"))
+
+
+def score_of(accuracy: dict[str, Any] | None) -> float | None:
+    """The headline figure of a row's (or the FP32 reference's) accuracy: the value of its ``metric``."""
+    if not accuracy:
+        return None
+    return accuracy.get(accuracy.get("metric") or "top1")
+
+
 def _source(kind: str, how: str, machine: str | None = None) -> dict[str, Any]:
     return {"kind": kind, "how": how, "machine": machine}
 
 
-def accuracy_of(record: dict[str, Any], fp32_top1: float, val_sha: str, host: str | None = None) -> dict[str, Any]:
+def accuracy_of(record: dict[str, Any], fp32: dict[str, Any] | float, val_sha: str,
+                host: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """A row's accuracy: the metric's name (``metric``), the task's figures (a classifier's ``top1`` and ``top5``,
+    a detector's ``map50_95``, ``map50``, ``precision``, ``recall``, ``f1`` and ``score_threshold``), the drop in
+    points of the metric against FP32, agreement, per-class figures and the source. ``fp32`` is the report's FP32
+    reference (or its top-1, for a classifier)."""
+    if not isinstance(fp32, dict):
+        fp32 = {"metric": "top1", "top1": fp32}
+    metric = fp32.get("metric") or "top1"
     merged = (record.get("merged") or {}).get("bench") or {}
     device = merged.get("accuracy")
-    if device and device.get("dataset", {}).get("sha256") == val_sha:
+    if device and device.get("dataset", {}).get("sha256") == val_sha and device.get(metric) is not None:
         how = f"measured on the device by edgekit bench --val, from {record['merged']['file']}"
+        values = {k: v for k, v in device.items() if k not in ("per_class", "dataset")}
         return {
-            "top1": device["top1"], "top5": device["top5"], "drop_points": round(fp32_top1 - device["top1"], 3),
+            "metric": metric, **values, "drop_points": round(score_of(fp32) - device[metric], 3),
             "agreement_with_fp32": None, "per_class": device["per_class"],
             "source": _source("merged", how, merged["machine"]["summary"]),
         }  # fmt: skip
     acc = record["manifest"].get("accuracy")
-    if not acc:
-        return {"top1": None, "per_class": {}, "source": _source("none", "not measured")}
+    if not acc or not acc.get("value"):
+        return {"metric": metric, metric: None, "per_class": {}, "source": _source("none", "not measured")}
     how = str(acc.get("measured_with") or "")
     on_target = bool((record["manifest"].get("latency") or {}).get("measured"))
     simulated = not on_target or "simulated" in how.lower() or bool(acc.get("simulated"))
@@ -53,9 +130,10 @@ def accuracy_of(record: dict[str, Any], fp32_top1: float, val_sha: str, host: st
         from edgekit import registry
 
         how += registry.backend(record["backend"]).simulation_note(record["precision"])
+    retuned = {"threshold_retune": acc["score_threshold"]} if isinstance(acc.get("score_threshold"), dict) else {}
     return {
-        "top1": acc["value"]["top1"], "top5": acc["value"]["top5"], "drop_points": acc["drop_points"],
-        "agreement_with_fp32": acc["agreement_with_fp32"], "per_class": acc["per_class"],
+        "metric": acc.get("metric") or metric, **acc["value"], "drop_points": acc["drop_points"],
+        "agreement_with_fp32": acc["agreement_with_fp32"], "per_class": acc["per_class"], **retuned,
         "source": _source(
             "simulated" if simulated else "measured", how if simulated else f"measured here: {how}", host
         ),
@@ -72,6 +150,8 @@ def _from_bench(bench: dict[str, Any], source: dict[str, Any]) -> tuple[dict[str
         "decode_ms": (bench.get("decode") or {}).get("p50_ms"),
         "preprocess_ms": (bench.get("preprocess") or {}).get("p50_ms"),
         "end_to_end_ms": (bench.get("end_to_end") or {}).get("p50_ms"),
+        "end_to_end_what": (bench.get("end_to_end") or {}).get("what"),
+        "end_to_end_stages_ms": (bench.get("end_to_end") or {}).get("stages_p50_ms"),
         "peak_rss_mb": (bench.get("memory") or {}).get("peak_rss_mb"),
         "cpu_percent_of_one_core": (bench.get("cpu") or {}).get("percent_of_one_core"),
         "image": (bench.get("settings") or {}).get("image"),
@@ -105,8 +185,11 @@ def latency_of(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] |
     return {"p50_ms": None, "source": _source("none", "no measurement, and the target file gives no figures")}, None
 
 
-def row_of(record: dict[str, Any], fp32_top1: float, val_sha: str, host: str | None = None) -> dict[str, Any]:
-    """One report row; ``host`` describes this machine, where accuracy was measured or simulated."""
+def row_of(
+    record: dict[str, Any], fp32: dict[str, Any] | float, val_sha: str, host: str | None = None
+) -> dict[str, Any]:
+    """One report row; ``fp32`` is the report's FP32 reference (or its top-1, for a classifier); ``host``
+    describes this machine, where accuracy was measured or simulated."""
     row = {k: record.get(k) for k in ("id", "target", "backend", "device", "precision", "calibration_method")}
     row.update(status=record["status"], error=record.get("error"), estimate=record.get("estimate"), pareto=False)
     if record["status"] != "ok":
@@ -114,7 +197,7 @@ def row_of(record: dict[str, Any], fp32_top1: float, val_sha: str, host: str | N
     latency, bench = latency_of(record)
     return {
         **row,
-        "accuracy": accuracy_of(record, fp32_top1, val_sha, host),
+        "accuracy": accuracy_of(record, fp32, val_sha, host),
         "latency": latency,
         "bench": bench,
         "compile_seconds": record.get("compile_seconds"),
@@ -127,9 +210,9 @@ def row_of(record: dict[str, Any], fp32_top1: float, val_sha: str, host: str | N
 
 
 def _point(row: dict[str, Any]) -> tuple[float, float] | None:
-    if row["status"] != "ok" or row["accuracy"]["top1"] is None or row["latency"]["p50_ms"] is None:
+    if row["status"] != "ok" or score_of(row["accuracy"]) is None or row["latency"]["p50_ms"] is None:
         return None
-    return row["latency"]["p50_ms"], row["accuracy"]["top1"]
+    return row["latency"]["p50_ms"], score_of(row["accuracy"])
 
 
 def is_estimated(row: dict[str, Any]) -> bool:
@@ -155,7 +238,8 @@ def recommend(
     max_ms: float | None,
     include_estimates: bool = False,
 ) -> list[dict]:
-    """For each target, the fastest combination within the accuracy and latency budgets.
+    """For each target, the fastest combination within the accuracy and latency budgets (``max_drop``: points
+    of the task's metric, a classifier's top-1, a detector's mAP@[.5:.95]).
 
     From measured or merged latencies only; a target that has none is recommended from its estimates only
     with ``include_estimates`` (and the text says the figure is an estimate, with its band).
@@ -177,7 +261,7 @@ def recommend(
             if (r["accuracy"]["drop_points"] is None or r["accuracy"]["drop_points"] <= max_drop)
             and (max_ms is None or _budget_ms(r) <= max_ms)
         ]
-        best = min(ok, key=lambda r: (r["latency"]["p50_ms"], -r["accuracy"]["top1"])) if ok else None
+        best = min(ok, key=lambda r: (r["latency"]["p50_ms"], -score_of(r["accuracy"]))) if ok else None
         out.append({"target": target, "choice": best["id"] if best else None, "text": _why(target, best, cands)})
     return out
 
@@ -199,8 +283,8 @@ def _why(target: str, best: dict[str, Any] | None, cands: list[dict[str, Any]]) 
     if kind == "estimated" and lat.get("low_ms") is not None:
         kind = f"estimated, band {lat['low_ms']:.3g}-{lat['high_ms']:.3g} ms"
     return (
-        f"{target}: {best['precision']}{method}: top-1 {acc['top1']:.2f}% ({_delta(acc['drop_points'])} vs FP32, "
-        f"{acc['source']['kind']}), {lat['p50_ms']:.3g} ms batch-1 p50 ({kind})"
+        f"{target}: {best['precision']}{method}: {figures(acc.get('metric')).name} {score_of(acc):.2f}% "
+        f"({_delta(acc['drop_points'])} vs FP32, {acc['source']['kind']}), {lat['p50_ms']:.3g} ms batch-1 p50 ({kind})"
     )
 
 

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgekit.report.summary import Figures, doc_figures, figure_name, score_of
+
 TAGS = {"measured": "M", "merged": "D", "simulated": "S", "estimated": "E", "none": "-"}
 CSV_COLUMNS = (
     "id", "target", "backend", "device", "precision", "calibration_method", "status", "top1", "top5",
@@ -51,12 +53,34 @@ def ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
-def flat_row(row: dict[str, Any]) -> dict[str, Any]:
+def value_keys(doc: dict[str, Any]) -> list[str]:
+    """The figures of the task's metrics, as the FP32 reference holds them (a classifier's top1 and top5)."""
+    skip = ("metric", "per_class", "how")
+    return [k for k in doc.get("fp32_reference") or {"top1": 0, "top5": 0} if k not in skip]
+
+
+def _csv_names(keys: list[str]) -> dict[str, str]:
+    """The CSV column of each task figure: its own key, or with ``accuracy_`` before every key when one of them
+    is a column already (a detector's ``precision`` beside the combination's ``precision``)."""
+    clash = any(k in CSV_COLUMNS and k not in ("top1", "top5") for k in keys)
+    return {k: f"accuracy_{k}" if clash else k for k in keys}
+
+
+def csv_columns(doc: dict[str, Any]) -> tuple[str, ...]:
+    """``CSV_COLUMNS`` with the task's figures in place of top1 and top5 (a detector's accuracy_map50_95 ...)."""
+    i = CSV_COLUMNS.index("top1")
+    return (*CSV_COLUMNS[:i], *_csv_names(value_keys(doc)).values(), *CSV_COLUMNS[i + 2 :])
+
+
+def flat_row(row: dict[str, Any], keys: list[str] | None = None) -> dict[str, Any]:
+    """One result flattened for report.csv; ``keys`` are the task's figures (default top1, top5)."""
     acc, lat, bench = row.get("accuracy") or {}, row.get("latency") or {}, row.get("bench") or {}
     best = bench.get("best_throughput") or {}
+    names = _csv_names(list(keys or ("top1", "top5")))
     return {
         **{k: row.get(k) for k in ("id", "target", "backend", "device", "precision", "calibration_method", "status")},
-        **{k: acc.get(k) for k in ("top1", "top5", "drop_points", "agreement_with_fp32")},
+        **{name: acc.get(k) for k, name in names.items()},
+        **{k: acc.get(k) for k in ("drop_points", "agreement_with_fp32")},
         "accuracy_source": (acc.get("source") or {}).get("kind"),
         **{f"latency_{k}": lat.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")},
         "latency_source": (lat.get("source") or {}).get("kind"),
@@ -78,10 +102,11 @@ def flat_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def to_csv(doc: dict[str, Any]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=csv_columns(doc), lineterminator="\n")
     writer.writeheader()
+    keys = value_keys(doc)
     for row in doc["results"]:
-        writer.writerow({k: "" if v is None else v for k, v in flat_row(row).items()})
+        writer.writerow({k: "" if v is None else v for k, v in flat_row(row, keys).items()})
     return buf.getvalue()
 
 
@@ -94,25 +119,87 @@ def estimate_cell(est: dict[str, Any] | None) -> str:
     return f"{ms(est['ms'])} ({ms(est['low_ms'])}-{ms(est['high_ms'])})"
 
 
+def columns(shown: Figures) -> list[tuple[str, str]]:
+    """The main table's columns, (id, header): the task's figures after the metric, and for a task whose
+    end-to-end latency matters (a detector's) the end-to-end p50 beside the model-only one."""
+    acc = [("combination", "combination"), ("status", "status"), ("score", f"{shown.name} %"), ("drop", "drop"),
+           ("agree", "agree %"), *((key, header) for key, header, _ in shown.columns)]  # fmt: skip
+    if shown.end_to_end:
+        lat = [("p50", "model p50 ms"), ("e2e", "e2e p50 ms"), ("p99", "p99 ms"), ("tput", "img/s")]
+    else:
+        lat = [("p50", "p50 ms"), ("p99", "p99 ms"), ("tput", "img/s"), ("e2e", "e2e ms")]
+    return [*acc, *lat, ("est", "est. ms"), ("mb", "MB"), ("compile", "compile s"), ("pareto", "Pareto")]
+
+
+def cells(row: dict[str, Any], shown: Figures) -> dict[str, str]:
+    """An ok row's cells by column id, as text (the provenance tag after the metric and the latency)."""
+    acc, lat, bench = row["accuracy"], row["latency"], row["bench"] or {}
+    atag, ltag = TAGS[acc["source"]["kind"]], TAGS[lat["source"]["kind"]]
+    best = bench.get("best_throughput") or {}
+    out = {
+        "combination": row["id"], "status": "ok", "score": f"{fmt(score_of(acc))} {atag}",
+        "drop": fmt(acc.get("drop_points"), 2), "agree": fmt(acc.get("agreement_with_fp32"), 1),
+        "p50": f"{ms(lat['p50_ms'])} {ltag}", "p99": ms(lat.get("p99_ms")), "tput": fmt(best.get("images_per_s"), 0),
+        "e2e": ms(bench.get("end_to_end_ms")), "est": estimate_cell(row["estimate"]),
+        "mb": fmt(bench.get("peak_rss_mb"), 0), "compile": fmt(row.get("compile_seconds"), 1),
+        "pareto": "yes" if row["pareto"] else "",
+    }  # fmt: skip
+    for key, _, digits in shown.columns:
+        out[key] = fmt(acc.get(key), digits)
+    return out
+
+
 def table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The main table: one row a combination, provenance tags after each figure."""
-    header = ["combination", "status", "top-1 %", "drop", "agree %", "p50 ms", "p99 ms", "img/s", "e2e ms", "est. ms",
-              "MB", "compile s", "Pareto"]  # fmt: skip
+    shown = doc_figures(doc)
+    cols = columns(shown)
+    header = [h for _, h in cols]
     rows = []
     for r in doc["results"]:
         if r["status"] != "ok":
             rows.append([r["id"], f"{r['status']}: {r['error']}", *[""] * (len(header) - 2)])
             continue
-        acc, lat, bench = r["accuracy"], r["latency"], r["bench"] or {}
-        atag, ltag = TAGS[acc["source"]["kind"]], TAGS[lat["source"]["kind"]]
-        best = bench.get("best_throughput") or {}
-        rows.append([
-            r["id"], "ok", f"{fmt(acc['top1'])} {atag}", fmt(acc.get("drop_points"), 2), fmt(acc.get("agreement_with_fp32"), 1),
-            f"{ms(lat['p50_ms'])} {ltag}", ms(lat.get("p99_ms")),
-            fmt(best.get("images_per_s"), 0), ms(bench.get("end_to_end_ms")), estimate_cell(r["estimate"]),
-            fmt(bench.get("peak_rss_mb"), 0), fmt(r.get("compile_seconds"), 1), "yes" if r["pareto"] else "",
-        ])  # fmt: skip
+        row = cells(r, shown)
+        rows.append([row[key] for key, _ in cols])
     return header, rows
+
+
+def latency_note(doc: dict[str, Any], *, html: bool = False) -> str:
+    """What the table's latencies (and the task's figures) include, as one sentence."""
+    shown = doc_figures(doc)
+    if shown.latency_note:
+        return shown.latency_note[0].upper() + shown.latency_note[1:]
+    e2e = (
+        "decoding a JPEG, preprocessing and postprocessing"
+        if html
+        else "JPEG decoding, preprocessing and postprocessing"
+    )
+    return f"Latency is batch-1 p50 of model inference on a preprocessed input; e2e adds {e2e}"
+
+
+def end_to_end_text(bench: dict[str, Any]) -> str:
+    """What a row's end-to-end p50 is, and the p50 of its parts within the same calls ('' without one)."""
+    what, stages = bench.get("end_to_end_what"), bench.get("end_to_end_stages_ms") or {}
+    if not what:
+        return ""
+    text = f"{what}, on {bench.get('image')}"
+    if stages.get("inference") is not None:
+        text += (
+            f"; p50 of its parts: decode and preprocess {ms(stages['decode_preprocess'])} ms, inference "
+            f"{ms(stages['inference'])} ms, postprocessing {ms(stages['postprocess'])} ms"
+        )
+    return text
+
+
+def reference_text(fp32: dict[str, Any], *, every: bool = False) -> str:
+    """The FP32 reference's headline figure ("top-1 91.20%"), or with ``every`` each of its figures, and the
+    score threshold they were measured at, if any."""
+    keys = [k for k in fp32 if k not in ("metric", "per_class", "how", "score_threshold")] if every else []
+    keys = keys or [fp32.get("metric") or "top1"]
+    text = ", ".join(f"{figure_name(k)} {fp32[k]:.2f}%" for k in keys if fp32.get(k) is not None)
+    if every and fp32.get("score_threshold") is not None:
+        text += f" (precision, recall and F1 at score threshold {fp32['score_threshold']:g})"
+    return text
 
 
 def text_table(doc: dict[str, Any]) -> str:
@@ -133,18 +220,18 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
-    m, fp32, budget = doc["model"], doc["fp32_reference"], doc["budget"]
+    m, fp32, budget, shown = doc["model"], doc["fp32_reference"], doc["budget"], doc_figures(doc)
     lines = [
         f"# edgekit report: {m['name']}",
         "",
         f"Model `{m['file']}` ({m['format']}, {m['macs'] / 1e6:.1f} M MACs, {m['parameters'] / 1e6:.2f} M parameters); "
-        f"FP32 reference top-1 {fp32['top1']:.2f}% on {doc['data']['val']['images']} validation images "
-        f"({fp32['how']}). Measured here on: {doc['machine']['summary']}.",
+        f"FP32 reference {reference_text(fp32, every=shown.end_to_end)} on {doc['data']['val']['images']} validation "
+        f"images ({fp32['how']}). Measured here on: {doc['machine']['summary']}.",
         ""
         if doc["complete"]
         else f"\n**Partial report**: {doc['progress']['finished']} of {doc['progress']['total']} "
         "combinations finished (re-run with `--resume` to continue).\n",
-        f"## Recommended (accuracy budget {points(budget['max_accuracy_drop'])} of top-1"
+        f"## Recommended (accuracy budget {points(budget['max_accuracy_drop'])} of {shown.name}"
         + (f", latency budget {budget['max_latency_ms']:g} ms" if budget["max_latency_ms"] else "")
         + ")",
         "",
@@ -155,8 +242,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         *_md_table(*table(doc)),
         "",
         "Tags: M measured here, D measured on the device (merged), S simulated (the bundle's model run here on a "
-        "stand-in), E estimated (with its band). Latency is batch-1 p50 of model inference on a preprocessed "
-        "input; e2e adds JPEG decoding, preprocessing and postprocessing; est. ms is the estimate for the target "
+        f"stand-in), E estimated (with its band). {latency_note(doc)}; est. ms is the estimate for the target "
         "file's device, with its band (low-high). Estimated latencies are "
         + (
             "on the Pareto front and in the recommendations (--include-estimates)"
