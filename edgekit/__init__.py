@@ -14,6 +14,7 @@ the call it makes):
   target, output, log=None, **fields)``): ``edgekit compile``;
 - ``report(request: ReportRequest | None = None, *, progress=True, **fields) -> dict``: ``edgekit report``;
 - ``bench(bundle, options: BenchOptions | None = None, *, log=None, **fields) -> dict``: ``edgekit bench``;
+  ``tune(bundle, *, output=None, log=None) -> dict``: ``edgekit bench --tune``;
 - ``serve(config: ServeConfig | None = None, /, **fields) -> int``: ``edgekit serve``;
 - ``inspect(path, *, check=False) -> BundleSummary``: ``edgekit inspect``;
 - ``build_engine(bundle, *, cache_dir=None, force=False) -> EngineBuild``: ``edgekit build-engine``;
@@ -51,6 +52,7 @@ _LAZY = {
     "ReportOptions": "edgekit.report.report",
     "bench": "edgekit.measure.bench",
     "BenchOptions": "edgekit.measure.bench",
+    "tune": "edgekit.measure.tune",
     "serve": "edgekit.serve:",  # the package itself: it is callable (edgekit.serve.daemon.serve)
     "ServeConfig": "edgekit.serve.config",
     "inspect": "edgekit.inspection",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgekit.bundle.types import Accuracy, Latency, Manifest
+    from edgekit.bundle.types import Accuracy, Latency, Manifest, RuntimeSettings
     from edgekit.runtime.selftest import SelfTestResult
 
 
@@ -168,6 +168,47 @@ def _budget_lines(b: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def settings_lines(rs: RuntimeSettings | Mapping[str, Any] | None) -> list[str]:
+    """The runtime settings the bundle records (``runtime_settings``) and how they were chosen: where, by what,
+    every candidate's figure, the rule; or that the runtime uses the backend's defaults."""
+    if rs is None:
+        return ["settings:     the backend's defaults (none tuned on the device: compile on the target, or run "
+                "edgekit bench --tune there)"]  # fmt: skip
+    if not isinstance(rs, Mapping):
+        rs = rs.to_dict()
+    how = rs["how"]
+    knobs = ", ".join(f"{k}={v}" for k, v in rs.items() if k not in ("how", "batch")) or "the backend's defaults"
+    batch = f"; daemon batch {rs['batch']}" if rs.get("batch") is not None else ""
+    lines = [
+        f"settings:     {knobs}{batch} (tuned by {how['by']} on {how['created']}, {how['backend']} {how['device']})",
+        f"              on {how['measured_on']}; {how['rounds']} interleaved rounds, noise margin "
+        f"{how['noise_margin']:.0%}, {how['seconds']:g} s",
+        f"              chosen: {how['chosen']}",
+        f"              {how['metric']}:",
+    ]
+    for c in how["candidates"]:
+        label = ", ".join(f"{k}={v}" for k, v in c["settings"].items()) or "the default"
+        if c["p50_ms"] is None and c.get("same_as_default"):
+            lines.append(f"                {label:<36} not timed: the backend runs it exactly as the default")
+        elif c["p50_ms"] is None:
+            lines.append(f"                {label:<36} did not load: {c.get('error', '?')}")
+        else:
+            rounds = " ".join(f"{r:.4g}" for r in c["rounds_ms"])
+            won = (
+                "" if "rounds_won" not in c or not c["settings"] else f", faster than the default in {c['rounds_won']}"
+            )
+            lines.append(
+                f"                {label:<36} {c['p50_ms']:>9.4g} ms  (rounds: {rounds}{won}; {c['runs']} runs)"
+            )
+    if how.get("batch_chosen"):
+        lines.append(f"              batch: {how['batch_chosen']}")
+    for b in how.get("batch_candidates") or ():
+        won = f", faster than batch 1 in {b['rounds_won']} rounds" if "rounds_won" in b and b["batch"] > 1 else ""
+        lines.append(f"                batch {b['batch']:<3} {b['ms_per_frame']:>9.4g} ms a frame, "
+                     f"{b['frames_per_s']:.1f} frames/s ({b['runs']} runs{won})")  # fmt: skip
+    return lines
+
+
 def summary_lines(m: Manifest | Mapping[str, Any], *, brief: bool = False) -> list[str]:
     """The summary of a manifest (typed, or the JSON object of a complete manifest, which is validated)."""
     from edgekit.bundle.types import Manifest
@@ -205,6 +246,7 @@ def summary_lines(m: Manifest | Mapping[str, Any], *, brief: bool = False) -> li
         ]
     lines += _budget_lines(m.budget_record)
     lines += _build_plan_lines(m.backend.build_plan)
+    lines += settings_lines(m.runtime_settings)
     st = m.selftest
     lines.append(f"self-test:    {st.inputs} {st.source}, tolerance {st.tolerance} ({st.check})")
     lines.append(f"edgekit:      {m.edgekit_version}, schema {m.schema_version}, created {m.created}")
@@ -219,4 +261,4 @@ def _listed(values: tuple[Any, ...] | None) -> list[Any] | None:
     return None if values is None else list(values)
 
 
-__all__ = ["BundleSummary", "inspect", "summary_lines"]
+__all__ = ["BundleSummary", "inspect", "settings_lines", "summary_lines"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from edgekit.errors import EdgekitError, ModelError, UsageError
 from edgekit.frontends import LoadedModel, load_model
 from edgekit.imagesets import ImageSet, class_folders, load_calibration, load_labelled, load_unlabelled
 from edgekit.measure import evaluate as ev
+from edgekit.measure import tune
 from edgekit.measure.latency import measure
 from edgekit.quantize import onnxruntime_qdq
 from edgekit.quantize.budget import Budget
@@ -617,6 +619,11 @@ def _build(job: _Prepared) -> CompiledBundle:
         elif budget_record is not None:  # no INT8 in the bundle: the record stands on its own
             manifest["budget"] = budget_record
         runtime_cls, simulated = _eval_runtime(job.target, on_target)
+        if on_target and not simulated and job.request.tune_runtime and os.environ.get("EDGEKIT_TUNE", "1") != "0":
+            # the target is this machine: time the runtime's settings here
+            settings = tune.tune_runtime(runtime_cls, writer.staging, manifest, device=device, log=job.log)
+            if settings is not None:
+                manifest["runtime_settings"] = settings
         runtime = _load_runtime(runtime_cls, writer.staging, manifest, device, job)
         try:
             warnings += _measure(job, runtime, manifest, writer.staging, measured_with, on_target, simulated)
@@ -697,6 +704,8 @@ def _int8_speed_check(
     x = np.zeros(job.spec.input.with_batch(1).shape, np.float32)
     with tempfile.TemporaryDirectory(prefix="edgekit-fp32-") as tmp:
         fp32_manifest = job.compile_into(Path(tmp), precision="fp32")
+        if "runtime_settings" in manifest:  # both timed with the settings the bundle runs with
+            fp32_manifest["runtime_settings"] = manifest["runtime_settings"]
         fp32 = runtime_cls(Path(tmp), fp32_manifest, device=device)
         int8 = runtime_cls(staging, manifest, device=device)
         try:

@@ -64,6 +64,9 @@ class CompileRequest:
     pack: bool = False
     int8_drop_warning: float = INT8_DROP_WARNING
     trust_model_code: bool = False
+    # When the target is this machine, time the backend's runtime settings (threads, streams, the daemon's
+    # batch) and record the best in the bundle (``runtime_settings``). EDGEKIT_TUNE=0 turns it off by default.
+    tune_runtime: bool = True
     # After an INT8 compile measured here, also compile FP32 and time both (interleaved) to warn when INT8 is
     # slower. A report turns it off: it compiles and measures FP32 itself and shows both.
     compare_int8_with_fp32: bool = True

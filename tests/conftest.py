@@ -11,6 +11,9 @@ from support import CIFAR_SPEC, LABELS, SAMPLE, tiny_module
 # The tests check what a user sees by default (one line, no traceback); a developer's EDGEKIT_DEBUG=1
 # would add tracebacks to every CLI run they start.
 os.environ.pop("EDGEKIT_DEBUG", None)
+# Compiles on this machine time the runtime's settings (a few seconds each); the suite compiles hundreds of
+# bundles, so it turns that off by default. tests/test_runtime_settings.py turns it back on for its own.
+os.environ["EDGEKIT_TUNE"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,8 @@ SERVE_SAMPLES = {
     "token": "t" * 16, "allow_host": "cam.local", "mqtt": "mqtt://broker.local/t", "mqtt_client_id": "c1",
     "mqtt_ca": "ca.pem", "mqtt_cert": "c.pem", "mqtt_key": "k.pem", "jsonl": "r.jsonl", "rtsp_transport": "udp",
     "log_level": "debug", "mqtt_qos": "2", "host": "0.0.0.0", "max_body": "4MiB", "decode_budget": "64MiB",
-    "mqtt_buffer_bytes": "8MiB", "jsonl_max_bytes": "1MiB",
+    "mqtt_buffer_bytes": "8MiB", "jsonl_max_bytes": "1MiB", "max_batch": "4", "api_file_root": "/srv/video",
+    "queue": "4",
 }  # fmt: skip
 
 
@@ -80,7 +81,7 @@ def call_of(argv: list[str]) -> Call:
 
 def flag_argv(action: argparse.Action, tmp_path: Path, command: str) -> list[str]:
     """A command line fragment that sets ``action`` to a representative value."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
         return [action.option_strings[0]]
     if action.dest == "config":  # serve --config FILE: the file's options join the call
         path = tmp_path / "serve.toml"
@@ -106,6 +107,8 @@ def with_value(command: str, action: argparse.Action, fragment: list[str]) -> li
         return [command, *base]
     if command == "serve" and action.dest == "source":
         base = base[:1]
+    if command == "bench" and action.dest == "output":  # -o is where --tune writes: it comes with --tune
+        base.append("--tune")
     return [command, *base, *fragment]
 
 
@@ -268,6 +271,8 @@ def test_print_api_writes_only_what_differs_from_the_defaults_and_runs_nothing(t
     assert not (tmp_path / "o").exists()
     assert "calib_size" not in printed and "debug" not in _printed(["--debug", "compile", *BASE["compile"]])
     assert _printed(["bench", "b.edgekit", "--runs", "9"]).endswith("edgekit.bench('b.edgekit', runs=9)\n")
+    assert _printed(["bench", "b.edgekit", "--tune"]).endswith("edgekit.tune('b.edgekit')\n")
+    assert _printed(["bench", "b", "--tune", "-o", "t"]).endswith("edgekit.tune('b', output='t')\n")
     assert _printed(["inspect", "b.edgekit"]).endswith("edgekit.inspect('b.edgekit')\n")
     assert _printed(["build-engine", "b", "--force"]).endswith("edgekit.build_engine('b', force=True)\n")
     assert _printed(["targets"]).endswith("edgekit.list_targets()\n")
@@ -287,7 +292,7 @@ def test_print_api_for_serve_never_writes_a_secret(monkeypatch) -> None:
     assert seen[0]["token"] == "from-the-env-0123456789"
 
 
-PUBLIC = ("compile", "compile_model", "report", "bench", "serve", "inspect", "build_engine")
+PUBLIC = ("compile", "compile_model", "report", "bench", "tune", "serve", "inspect", "build_engine")
 
 
 @pytest.mark.parametrize("name", PUBLIC)

@@ -102,11 +102,34 @@ class Runtime(ABC):
     """
 
     backend: str = ""
+    # The runtime settings (edgekit.runtime.settings.KNOBS) this runtime applies; none by default. A runtime
+    # that takes some accepts ``settings=`` (the knobs to apply; None: the manifest's ``runtime_settings``).
+    settings_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], *, device: str | None = None) -> None:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        manifest: dict[str, Any],
+        *,
+        device: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        from edgekit.runtime.settings import recorded
+
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
         self.device = device or manifest["target"]["device"]
+        self.settings: dict[str, Any] = dict(recorded(manifest) if settings is None else settings)
+
+    @classmethod
+    def settings_candidates(cls, cores: int) -> list[dict[str, Any]]:
+        """The settings worth timing on a machine with ``cores`` usable cores (edgekit.measure.tune), the
+        default ({}) first; none for a runtime without ``settings_keys``."""
+        return []
+
+    def applied_settings(self) -> dict[str, Any]:
+        """What the backend reports it runs with, for the knobs of ``settings_keys`` (read back, not assumed)."""
+        return {}
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -44,7 +44,8 @@ MAX_SELFTEST_TOLERANCE = 0.5  # pipeline.SELFTEST_TOLERANCE is at most 0.15 (int
 __all__ = [
     "DTYPES", "MANIFEST", "SCHEMA_VERSION", "Accuracy", "BackendInfo", "Calibration", "CalibrationCache",
     "Dataset", "FileEntry", "InputInfo", "Latency", "Manifest", "ModelInfo", "ModelSource", "OutputInfo",
-    "Postprocess", "Precision", "Preprocess", "Quantization", "Selftest", "TargetInfo", "TopK",
+    "Postprocess", "Precision", "Preprocess", "Quantization", "RuntimeSettings", "Selftest", "TargetInfo", "TopK",
+    "Tuning",
 ]  # fmt: skip
 
 R = TypeVar("R", bound="Record")
@@ -375,6 +376,82 @@ class FileEntry(Record):
     sha256: str = spec(sha256_hex)
 
 
+# Runtime settings (``runtime_settings``, issue 14): the knobs a backend's runtime takes, by edgekit's names
+# (each backend maps them to its own: ONNX Runtime intra_op_num_threads, OpenVINO INFERENCE_NUM_THREADS, ...),
+# with their ranges; edgekit.runtime.settings checks a user's overrides with the same checks.
+MAX_THREADS = 1024
+MAX_STREAMS = 64
+MAX_BATCH = 1024
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+SETTING_CHECKS: dict[str, Check] = {
+    "threads": integer(1, MAX_THREADS),
+    "inter_op_threads": integer(1, MAX_THREADS),
+    "streams": integer(1, MAX_STREAMS),
+    "performance_hint": one_of(*PERFORMANCE_HINTS),
+}
+TUNED_BY = ("edgekit compile", "edgekit bench --tune")
+_KNOBS = obj(SETTING_CHECKS, optional_keys=tuple(SETTING_CHECKS), doc="Runtime knobs; absent keys: the default.")
+_SETTINGS_CANDIDATE = obj(
+    {
+        "settings": _KNOBS, "p50_ms": optional(number(0)), "rounds_ms": list_of(number(0), max_len=1000),
+        "runs": integer(0), "rounds_won": integer(0, 1000), "error": string, "same_as_default": boolean,
+    },
+    optional_keys=("rounds_won", "error", "same_as_default"),
+    doc="One candidate of the settings search: its knobs ({} is the default), batch-1 p50 (median of the "
+    "rounds' medians), each round's median, the timed runs, in how many rounds it beat the default; p50_ms "
+    "null with an error when it did not load, or with same_as_default when the backend runs it as the default.",
+)  # fmt: skip
+_BATCH_CANDIDATE = obj(
+    {
+        "batch": integer(1, MAX_BATCH), "ms_per_frame": number(0), "frames_per_s": number(0),
+        "rounds_ms": list_of(number(0), max_len=1000), "runs": integer(0), "rounds_won": integer(0, 1000),
+    },
+    optional_keys=("rounds_won",),
+    doc="One batch size of the batch search: per-frame time (median of the rounds' batch p50 / batch), and in "
+    "how many rounds it beat batch 1 per frame.",
+)  # fmt: skip
+
+
+@record
+class Tuning(Record):
+    """How the runtime settings were chosen: where, by what, every candidate's figures and the rule."""
+
+    by: str = spec(one_of(*TUNED_BY))
+    measured_on: str = spec(string)
+    device: str = spec(string)
+    backend: str = spec(string)
+    edgekit: str = spec(string)
+    created: str = spec(string)
+    metric: str = spec(string)
+    rule: str = spec(string)
+    noise_margin: float = spec(number(0, 1))
+    rounds: int = spec(integer(1, 1000))
+    min_rounds_won: int | None = spec(integer(0, 1000), optional_key=True)
+    seconds: float = spec(number(0))
+    candidates: tuple[dict[str, Any], ...] = spec(list_of(_SETTINGS_CANDIDATE, max_len=64))
+    chosen: str = spec(string)
+    batch_candidates: tuple[dict[str, Any], ...] | None = spec(list_of(_BATCH_CANDIDATE, max_len=64), optional_key=True)
+    batch_chosen: str | None = spec(string, optional_key=True)
+
+
+@record
+class RuntimeSettings(Record):
+    """Runtime settings measured on the target itself (compile on the target, or ``edgekit bench --tune`` on
+    the device): the knobs the runtime applies unless the user overrides them (absent: the backend's default),
+    the batch size for the daemon (dynamic-batch bundles), and how they were chosen."""
+
+    threads: int | None = spec(SETTING_CHECKS["threads"], optional_key=True)
+    inter_op_threads: int | None = spec(SETTING_CHECKS["inter_op_threads"], optional_key=True)
+    streams: int | None = spec(SETTING_CHECKS["streams"], optional_key=True)
+    performance_hint: str | None = spec(SETTING_CHECKS["performance_hint"], optional_key=True)
+    batch: int | None = spec(integer(1, MAX_BATCH), optional_key=True)
+    how: Tuning = spec(Tuning.CHECK)
+
+    def knobs(self) -> dict[str, Any]:
+        """The knobs set (not the batch), by edgekit's names."""
+        return {name: getattr(self, name) for name in SETTING_CHECKS if getattr(self, name) is not None}
+
+
 @record
 class Manifest(Record):
     """An edgekit bundle's manifest.json.
@@ -404,6 +481,9 @@ class Manifest(Record):
     # An accuracy budget whose answer was not INT8 (fp16 or fp32 held it, or ran faster): its record, here
     # because the bundle has no quantization record; an INT8 bundle keeps it in quantization.budget.
     budget: dict[str, Any] | None = spec(optional(_BUDGET), optional_key=True)
+    # Settings tuned on the target (edgekit.measure.tune); absent when compiled off-target (the runtime then
+    # uses the backend's defaults and the target's backend_options).
+    runtime_settings: RuntimeSettings | None = spec(RuntimeSettings.CHECK, optional_key=True)
 
     @property
     def budget_record(self) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""``edgekit bench``: measure a bundle on this machine: latency, throughput, preprocessing, memory, CPU."""
+"""``edgekit bench``: measure a bundle on this machine: latency, throughput, preprocessing, memory, CPU (with
+--tune: time the runtime settings instead and record the best in the bundle)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from edgekit.cli import _args
 from edgekit.cli._api import Call
+from edgekit.errors import UsageError
 
 EPILOG = """examples:
   edgekit bench model.edgekit                       # 3 s of batch-1 latency, then the other phases
@@ -17,6 +19,8 @@ EPILOG = """examples:
   edgekit bench model.edgekit --val val/ --json     # also top-1 on this device
   edgekit report model.onnx ... --merge orin-nano.json   # fold a device run into a report
   edgekit bench model.edgekit --runs 100 --print-api   # prints: edgekit.bench('model.edgekit', runs=100)
+  edgekit bench model.edgekit --tune                # on the device: time the runtime settings, record the best
+  edgekit bench model.edgekit --tune -o tuned.edgekit   # ... in a copy (prints: edgekit.tune(..., output=...))
 
 Runs with numpy, OpenCV and the bundle's runtime only. The JSON schema is in docs/report.md.
 """
@@ -47,6 +51,12 @@ def add_parser(sub) -> None:
     p.add_argument("--image", type=Path, help="encoded image for the end-to-end cost (default: a synthetic VGA JPEG)")
     p.add_argument("--val", type=Path, metavar="FOLDER", help="also measure accuracy on this class-folder tree")
     p.add_argument("--device", help="run on another device of the backend (OpenVINO: CPU, GPU, NPU)")
+    t = p.add_argument_group("tuning (instead of measuring)")
+    t.add_argument("--tune", action="store_true",
+                   help="time the runtime settings (threads, streams, the daemon's batch) on this machine, the "
+                   "bundle's target, and record the best in the bundle (docs/bundle.md: runtime_settings)")  # fmt: skip
+    t.add_argument("-o", "--output", type=Path, metavar="BUNDLE",
+                   help="with --tune: write the tuned bundle here instead of rewriting BUNDLE in place")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the results as JSON (schema: docs/report.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     p.set_defaults(run=run, api=api_call)
@@ -55,10 +65,29 @@ def add_parser(sub) -> None:
 OUTPUT_FLAGS = ("json", "quiet")  # how the result is shown: not part of the API call
 
 
+BENCH_FIELDS = ("seconds", "runs", "warmup", "batch_sizes", "image", "val", "device")
+
+
 def api_call(args: argparse.Namespace) -> Call:
-    """``edgekit.bench(BUNDLE, <the BenchOptions fields given>)``."""
-    given = {key: getattr(args, key) for key in ("seconds", "runs", "warmup", "batch_sizes", "image", "val", "device")}
+    """``edgekit.bench(BUNDLE, <the BenchOptions fields given>)``, or with --tune ``edgekit.tune(BUNDLE, output=...)``."""
+    given = {key: getattr(args, key) for key in BENCH_FIELDS}
+    if args.tune:
+        extra = [key for key, value in given.items() if value is not None]
+        if extra:
+            flag = "--" + extra[0].replace("_", "-")
+            raise UsageError(f"--tune times the runtime settings only and takes no {flag}; drop it, or run "
+                             "edgekit bench again without --tune to measure the tuned bundle")  # fmt: skip
+        return Call("tune", (args.bundle,), {"output": args.output} if args.output is not None else {})
+    if args.output is not None:
+        raise UsageError("-o/--output is where --tune writes the tuned bundle; add --tune, or drop -o")
     return Call("bench", (args.bundle,), {k: v for k, v in given.items() if v is not None})
+
+
+def _tune_lines(r: dict[str, Any]) -> list[str]:
+    from edgekit.inspection import settings_lines
+
+    return [f"bundle:       {r['bundle']} (hash {r['hash'][:16]}…, was {r['previous_hash'][:16]}…)",
+            *settings_lines(r["runtime_settings"])]  # fmt: skip
 
 
 def _lines(r: dict[str, Any]) -> list[str]:
@@ -93,9 +122,10 @@ def _lines(r: dict[str, Any]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda msg: print(f"edgekit: bench: {msg}", file=sys.stderr, flush=True))
-    result = api_call(args).invoke(log=log)
+    call = api_call(args)
+    result = call.invoke(log=log)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print("\n".join(_lines(result)))
+        print("\n".join(_tune_lines(result) if call.function == "tune" else _lines(result)))
     return 0

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
                    help="default: the target's default")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="bundle path to write (a folder; one file with --pack)")
     p.add_argument("--pack", action="store_true", help="write the bundle as one file (a stored zip)")
+    p.add_argument("--no-tune", dest="tune_runtime", action="store_false",
+                   help="do not time the runtime's settings (threads, streams, batch) when the target is this "
+                   "machine (default: time them and record the best; EDGEKIT_TUNE=0 also turns it off)")  # fmt: skip
     groups = flags.add_shared(
         p,
         val_help="validation images, one sub-folder a class: accuracy vs FP32",
@@ -55,7 +58,8 @@ def request_from(args: argparse.Namespace) -> rq.CompileRequest:
     """The ``CompileRequest`` that ``edgekit compile`` with these arguments makes (nothing is run)."""
     return rq.CompileRequest(
         model=args.model, target=args.target, output=args.output, precision=args.precision,
-        calibration_method=args.calib_method, pack=args.pack, **flags.shared_fields(args),
+        calibration_method=args.calib_method, pack=args.pack, tune_runtime=args.tune_runtime,
+        **flags.shared_fields(args),
     )  # fmt: skip
 
 

@@ -85,16 +85,27 @@ def letterbox(image: np.ndarray, input_hw: tuple[int, int], spec: PreprocessSpec
     return image
 
 
-def preprocess(image: np.ndarray, spec: PreprocessSpec, inp: InputSpec, *, color_order: str = "BGR") -> np.ndarray:
-    """HWC uint8 image (``color_order`` BGR or RGB) -> one input tensor without the batch dimension."""
-    if image.ndim == 2:
+def prepare_frame(
+    image: np.ndarray, spec: PreprocessSpec, inp: InputSpec, *, color_order: str = "BGR"
+) -> tuple[np.ndarray, str]:
+    """The host half of ``preprocess``: an HWC uint8 image (``color_order`` BGR or RGB; grey and BGRA/RGBA are
+    taken too) -> (an HxWx3 uint8 frame at the model's size, its colour order), by the resize and centre crop,
+    or the letterbox. An image already at the model's size is returned as it is (no copy)."""
+    if not isinstance(image, np.ndarray):
+        raise UsageError(f"expected an HxWx3 uint8 image array, got {type(image).__name__}; pass a NumPy "
+                         "array (e.g. from cv2.imread) or an image path")  # fmt: skip
+    if image.ndim == 2 and image.dtype == np.uint8:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         color_order = "BGR"
     if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
-        raise UsageError(f"expected an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
+        raise UsageError(
+            f"expected an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}; pass the frame as "
+            "uint8 pixels (a preprocessed float tensor goes to Bundle.infer)"
+        )
     if image.shape[2] == 4:
         image = image[:, :, :3]
-    if color_order.upper() not in ("BGR", "RGB"):
+    order = color_order.upper() if isinstance(color_order, str) else color_order
+    if order not in ("BGR", "RGB"):
         raise UsageError(f"color_order must be 'BGR' or 'RGB', not {color_order!r}")
     if spec.fit == "letterbox":
         image = letterbox(image, inp.hw, spec)
@@ -105,10 +116,22 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec, inp: InputSpec, *, color
             f"preprocessed image is {image.shape[0]}x{image.shape[1]} but the model takes "
             f"{inp.hw[0]}x{inp.hw[1]}; fix the resize/crop settings"
         )
-    if color_order.upper() != spec.color_order:
-        image = image[:, :, ::-1]
-    x = image.astype(np.float32) * np.float32(spec.scale)
+    return image, order
+
+
+def to_tensor(frame: np.ndarray, spec: PreprocessSpec, inp: InputSpec, *, color_order: str) -> np.ndarray:
+    """The pixel half of ``preprocess`` (what a bundle's graph does itself, edgekit.runtime.graph_front): a
+    frame at the model's size -> one input tensor: colour order, ``* scale``, ``- mean``, ``/ std``, layout."""
+    if color_order != spec.color_order:
+        frame = frame[:, :, ::-1]
+    x = frame.astype(np.float32) * np.float32(spec.scale)
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     if inp.layout == "NCHW":
         x = x.transpose(2, 0, 1)
     return np.ascontiguousarray(x, dtype=np.dtype(inp.dtype))
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec, inp: InputSpec, *, color_order: str = "BGR") -> np.ndarray:
+    """HWC uint8 image (``color_order`` BGR or RGB) -> one input tensor without the batch dimension."""
+    frame, order = prepare_frame(image, spec, inp, color_order=color_order)
+    return to_tensor(frame, spec, inp, color_order=order)
