@@ -23,14 +23,17 @@ examples:
   edgekit serve model.edgekit --source 0                         USB camera, dashboard on http://127.0.0.1:8080/
   edgekit serve model.edgekit --source rtsp://cam.local/stream --mqtt mqtt://broker.local/factory
   edgekit serve model.edgekit --source video.mp4 --loop --realtime --jsonl results.jsonl
+  edgekit serve model.edgekit --source door=rtsp://cam1/s --source yard=rtsp://cam2/s    two streams, batched
   edgekit serve --config /etc/edgekit/serve.toml                 options from a file; flags override it
   edgekit serve model.edgekit --source 0 --print-api             the Python call: edgekit.serve(bundle=..., source='0')
 
 endpoints: /  /healthz  /readyz  /metrics  /v1/info  /v1/latest  POST /v1/predict  POST /v1/reload
-           /v1/events (server-sent events)  /v1/stream.mjpg
-MQTT topics: PREFIX/DEVICE_ID/result (one JSON message a result), PREFIX/DEVICE_ID/status (retained
-             online/offline, with a last will)
-signals: SIGTERM/SIGINT stop within 2 s (offline published, sinks flushed, exit 0); SIGHUP reloads the bundle
+           /v1/events (server-sent events)  /v1/stream.mjpg  (?stream=ID: one stream's)
+           /v1/streams (GET, POST)  /v1/streams/ID (GET, PUT, DELETE)
+MQTT topics: PREFIX/DEVICE_ID/STREAM_ID/result (one JSON message a result; STREAM_ID is cam0 for a
+             single unnamed --source), PREFIX/DEVICE_ID/status (retained online/offline, with a last will)
+signals: SIGTERM/SIGINT stop within 2 s (offline published, sinks flushed, exit 0); SIGHUP reloads the
+         bundles and the --config file's [[streams]] (added, removed, changed; the others run on)
 environment: {TOKEN_ENV} (the --token), {MQTT_PASSWORD_ENV} (the MQTT password if the URL has none)
 
 config file: TOML; the key of each option is shown beside it, e.g.
@@ -42,6 +45,12 @@ config file: TOML; the key of each option is shown beside it, e.g.
   [mqtt]
   url = "mqtt://broker.local/factory"
   qos = 1
+  [[streams]]                     # more streams, each with its own id and overrides
+  id = "door"
+  source = "rtsp://cam1.local/s"
+  fps = 10
+  [streams.cascade]               # a detector's boxes classified by a second bundle
+  bundle = "/opt/models/vehicle-type.edgekit"
 """
 
 
@@ -71,6 +80,8 @@ def add_parser(sub) -> None:
         group = groups[option.key.rpartition(".")[0]]
         if option.is_bool:
             group.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=_help(option))
+        elif option.flag == "--source":  # one stream a --source
+            group.add_argument(option.flag, action="append", default=None, metavar=option.metavar, help=_help(option))
         else:
             group.add_argument(option.flag, default=None, metavar=option.metavar, help=_help(option))
     p.set_defaults(run=run, api=api_call)
@@ -88,6 +99,8 @@ def _values(args: argparse.Namespace) -> dict[str, Any]:
     flag_values = parse_flags(vars(args))
     if args.bundle:
         flag_values["bundle"] = args.bundle
+    if args.config:
+        flag_values["config_file"] = args.config  # SIGHUP reads its [[streams]] again
     values = {**file_values, **flag_values}
     return {"bundle": values.pop("bundle")} | values if "bundle" in values else values
 
@@ -98,10 +111,16 @@ def api_call(args: argparse.Namespace) -> Call:
     if values.get("token"):
         values["token"] = Expr(f"os.environ[{TOKEN_ENV!r}]", ("import os",))
         comments.append(f"the token given is read from {TOKEN_ENV} here, not written out")
-    for key in ("mqtt", "source"):
-        if values.get(key) and _PASSWORD.search(values[key]):
-            values[key] = _PASSWORD.sub(r"\1:***@", values[key])
-            comments.append(f"the password in {key} is masked: put it back, or use {MQTT_PASSWORD_ENV} for MQTT")
+    if values.get("mqtt") and _PASSWORD.search(values["mqtt"]):
+        values["mqtt"] = _PASSWORD.sub(r"\1:***@", values["mqtt"])
+        comments.append(f"the password in mqtt is masked: put it back, or use {MQTT_PASSWORD_ENV} for MQTT")
+    if values.get("source") and any(_PASSWORD.search(s) for s in values["source"]):
+        values["source"] = tuple(_PASSWORD.sub(r"\1:***@", s) for s in values["source"])
+        comments.append("the password in source is masked: put it back")
+    if len(values.get("source") or ()) == 1:
+        values["source"] = values["source"][0]  # one stream: edgekit.serve(source="0") reads better
+    if values.get("streams"):
+        values["streams"] = [t.to_dict() for t in values["streams"]]
     return Call("serve", (), values, comments=tuple(comments))
 
 
@@ -113,9 +132,12 @@ def run(args: argparse.Namespace) -> int:
         shown = dict(vars(build_config(file_values=values)))
         if shown["token"]:
             shown["token"] = "***"
-        for key in ("mqtt", "source"):
-            if shown[key]:
-                shown[key] = _PASSWORD.sub(r"\1:***@", shown[key])
+        if shown["mqtt"]:
+            shown["mqtt"] = _PASSWORD.sub(r"\1:***@", shown["mqtt"])
+        if shown["source"]:
+            sources = [_PASSWORD.sub(r"\1:***@", s) for s in shown["source"]]
+            shown["source"] = sources[0] if len(sources) == 1 else sources
+        shown["streams"] = [t.to_dict() for t in shown["streams"]]
         print(json.dumps(shown, indent=2))
         return 0
     return Call("serve", (), values).invoke()

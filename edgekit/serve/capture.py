@@ -13,12 +13,14 @@ readiness can tell a source that stopped delivering (stalled) from one waiting o
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -38,41 +40,87 @@ class Frame:
     captured_mono: float  # time.perf_counter(), for latencies
 
 
-class LatestFrame:
-    """A one-frame slot: ``put`` replaces, ``get`` waits for a frame it has not returned yet."""
+class Board:
+    """Where the streams of one bundle say a frame is waiting: the batch worker waits on it, once, for all of
+    them. ``version`` counts notifications, so a frame put between a scan and the wait is not missed."""
 
     def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.version = 0
+
+    def notify(self) -> None:
+        with self.cond:
+            self.version += 1
+            self.cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Wait until notified after ``seen`` (a ``version`` read before scanning), or ``timeout``; the version."""
+        with self.cond:
+            if self.version == seen:
+                self.cond.wait(timeout)
+            return self.version
+
+
+class LatestFrame:
+    """A stream's frames waiting for inference: the newest only (``capacity`` 1: ``put`` replaces), or a bounded
+    queue whose oldest frame is dropped when full. ``get`` waits for a frame, ``take`` does not; a ``board``
+    is told of every frame put, so one worker can wait for the frames of many streams."""
+
+    def __init__(self, capacity: int = 1, board: Board | None = None) -> None:
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._frames: collections.deque[Frame] = collections.deque()
+        self.capacity = max(1, int(capacity))
+        self.board = board
         self._closed = False
 
     def put(self, frame: Frame) -> bool:
-        """Store ``frame``; True if it replaced one that was never taken (a dropped frame)."""
+        """Store ``frame``; True if a frame that was never taken was dropped for it."""
         with self._cond:
-            dropped = self._frame is not None
-            self._frame = frame
+            dropped = len(self._frames) >= self.capacity
+            if dropped:
+                self._frames.popleft()
+            self._frames.append(frame)
             self._cond.notify_all()
-            return dropped
+        if self.board is not None:
+            self.board.notify()
+        return dropped
 
     def put_when_taken(self, frame: Frame, stop: threading.Event) -> None:
-        """Store ``frame`` once the previous one was taken (back-pressure: nothing is dropped)."""
+        """Store ``frame`` once there is room (back-pressure: nothing is dropped)."""
         with self._cond:
-            while self._frame is not None and not self._closed and not stop.is_set():
+            while len(self._frames) >= self.capacity and not self._closed and not stop.is_set():
                 self._cond.wait(0.1)
-            self._frame = frame
+            self._frames.append(frame)
             self._cond.notify_all()
+        if self.board is not None:
+            self.board.notify()
 
     def get(self, timeout: float) -> Frame | None:
         with self._cond:
-            if self._frame is None and not self._closed:
+            if not self._frames and not self._closed:
                 self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
+            frame = self._frames.popleft() if self._frames else None
             self._cond.notify_all()
             return frame
+
+    def take(self) -> Frame | None:
+        """The oldest waiting frame, or None at once."""
+        with self._cond:
+            if not self._frames:
+                return None
+            frame = self._frames.popleft()
+            self._cond.notify_all()  # a paced file's capture thread waits for the room
+            return frame
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._frames)
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            self._frames.clear()
             self._cond.notify_all()
 
 
@@ -120,8 +168,10 @@ class CaptureLoop:
     """Runs in its own thread until ``stop`` is set."""
 
     def __init__(self, spec: SourceSpec, options: CaptureOptions, slot: LatestFrame, metrics: Metrics,
-                 stop: threading.Event) -> None:  # fmt: skip
+                 stop: threading.Event, *, stream_id: str = "cam0", need: Any = None) -> None:  # fmt: skip
         self.spec = spec
+        self.stream_id = stream_id
+        self.need = need  # what the stream's model needs of a frame (decode.need_for): decoders may decode at it
         self.options = options
         self.slot = slot
         self.metrics = metrics
@@ -134,7 +184,7 @@ class CaptureLoop:
         self._size_logged: tuple[int, int] | None = None
         self._last_skip_log = -math.inf
         self._skips_unlogged = 0
-        self.thread = threading.Thread(target=self._run, name="edgekit-capture", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"edgekit-capture-{stream_id}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -145,12 +195,13 @@ class CaptureLoop:
         while not self.stop.is_set():
             if not first:
                 self.metrics.source_reconnects.inc()
+                self.metrics.stream_reconnects.inc(stream=self.stream_id)
             first = False
             self.status.wait_for("source")
             try:
                 reader = open_reader(self.spec, resolution=self.options.resolution, fps=self.options.fps,
                                      timeout=self.options.timeout, rtsp_transport=self.options.rtsp_transport,
-                                     on_skip=self._skipped)  # fmt: skip
+                                     on_skip=self._skipped, need=self.need)  # fmt: skip
             except SourceError as exc:
                 self._lost(str(exc), delay)
                 delay = min(delay * 2, self.options.reconnect_max_delay)
@@ -185,12 +236,13 @@ class CaptureLoop:
             if not delivered:
                 delay = min(delay * 2, self.options.reconnect_max_delay)
         self.status.wait_for("stopped")
-        self.metrics.source_connected.set(0)
+        self.status.connected = False
+        self.metrics.stream_connected.set(0, stream=self.stream_id)
 
     def _lost(self, reason: str, delay: float) -> None:
         self.status.connected, self.status.error = False, reason
-        self.metrics.source_connected.set(0)
-        log.warning("%s; reconnecting in %.1f s", reason, delay)
+        self.metrics.stream_connected.set(0, stream=self.stream_id)
+        log.warning("stream %s: %s; reconnecting in %.1f s", self.stream_id, reason, delay)
         self.status.wait_for("backoff")
         self.stop.wait(delay)
 
@@ -240,8 +292,8 @@ class CaptureLoop:
             image = shape_frame(image, rotate=self.options.rotate, resolution=self.options.resolution)
             if not status.connected:  # the first frame since start or a loss (a loop is neither)
                 status.connected, status.error, status.frames = True, None, 0
-                self.metrics.source_connected.set(1)
-                log.info("source '%s' connected (%dx%d)", self.spec.shown, *size)
+                self.metrics.stream_connected.set(1, stream=self.stream_id)
+                log.info("stream %s: source '%s' connected (%dx%d)", self.stream_id, self.spec.shown, *size)
             if self.options.resolution and size != self._size_logged and size != tuple(self.options.resolution):
                 self._size_logged = size  # logged once per size the source delivers, not per frame
                 log.info("source '%s' delivers %dx%d frames, not the %dx%d asked; they are resized",
@@ -249,13 +301,13 @@ class CaptureLoop:
             self._seq += 1
             delivered += 1
             status.frames += 1
-            self.metrics.frames_captured.inc()
+            self.metrics.counted("frames_captured", self.stream_id)
             frame = Frame(image, self._seq, time.time(), now)
             if self.paced_by_model:
                 status.wait_for("model")
                 self.slot.put_when_taken(frame, self.stop)
             elif self.slot.put(frame):
-                self.metrics.frames_dropped.inc()
+                self.metrics.counted("frames_dropped", self.stream_id)
             status.last_frame_mono = time.monotonic()
             status.wait_for("source")
         return delivered

@@ -139,6 +139,141 @@ def _source(value: Any, where: str) -> str:
     return _str(value, where)
 
 
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_STREAMS = 64  # the most --max-streams allows: each stream is a capture thread and a decoder
+
+
+@_returns(tuple[str, ...])
+def _sources(value: Any, where: str) -> tuple[str, ...]:
+    """One source or several (repeated --source, or a TOML list), each ``URI`` or ``ID=URI``."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise UsageError(f"{where}: expected at least one source, got an empty list")
+    if len(items) > MAX_STREAMS:
+        raise UsageError(f"{where}: {len(items)} sources; at most {MAX_STREAMS} streams run in one daemon")
+    return tuple(_source(item, where) for item in items)
+
+
+def split_stream_id(text: str) -> tuple[str | None, str]:
+    """``cam1=rtsp://...`` -> ("cam1", "rtsp://..."); a URI without an ``ID=`` prefix -> (None, URI).
+
+    Only a prefix that is a whole stream id (letters, digits, '.', '_', '-') before the first '=' counts, so a
+    URL with '=' in its query (``rtsp://h/?a=b``: the prefix has ':'), a GStreamer pipeline (``videotestsrc
+    pattern=ball ! ...``: the prefix has a space) and a camera index stay URIs. A file whose name has a '='
+    is written with a folder: ``./a=b.mp4``."""
+    head, sep, rest = text.partition("=")
+    if sep and rest.strip() and STREAM_ID.fullmatch(head):
+        return head, rest.strip()
+    return None, text
+
+
+def stream_id(value: Any, where: str) -> str:
+    text = _str(value, where)
+    if not STREAM_ID.fullmatch(text):
+        raise UsageError(
+            f"{where}: stream id {text!r}: use 1-64 letters, digits, '.', '_' or '-' (it is an MQTT topic level)"
+        )
+    return text
+
+
+@_returns(int)
+def _queue(value: Any, where: str) -> int:
+    """ "latest" (1: keep only the newest frame) or the length of a bounded queue, 1 to 64."""
+    if isinstance(value, str) and value.strip().lower() == "latest":
+        return 1
+    try:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: expected 'latest' or a queue length 1 to 64, got {value!r}") from None
+    if not 1 <= number <= 64:
+        raise UsageError(f"{where}: a queue length must be 1 to 64 ('latest' is 1), got {number}")
+    return number
+
+
+@dataclasses.dataclass(frozen=True)
+class Cascade:
+    """A second bundle run on the crops of a detector's boxes (``[streams.cascade]``)."""
+
+    bundle: str
+    labels: tuple[str, ...] = ()  # only boxes of these detector labels (empty: every box)
+    min_score: float = 0.0  # only boxes scoring at least this
+    max_boxes: int = 16  # the highest-scoring boxes of a frame, at most
+    top_k: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamTable:
+    """One ``[[streams]]`` table of the config file (or one stream added through the HTTP API): its source
+    and what it overrides of the daemon's source options. ``None``: the daemon's value."""
+
+    source: str
+    id: str | None = None
+    bundle: str | None = None
+    fps: float | None = None
+    resolution: tuple[int, int] | None = None
+    rotate: int | None = None
+    loop: bool | None = None
+    realtime: bool | None = None
+    queue: int | None = None
+    cascade: Cascade | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def _cascade(value: Any, where: str) -> Cascade:
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: expected a table with bundle (and labels, min_score, max_boxes, top_k)")
+    known = {f.name for f in dataclasses.fields(Cascade)}
+    for key in value:
+        if key not in known:
+            raise UsageError(f"{where}: unknown key '{key}'; allowed: {', '.join(sorted(known))}")
+    if "bundle" not in value:
+        raise UsageError(f'{where}: a cascade needs bundle = "classifier.edgekit"')
+    labels = value.get("labels", ())
+    if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or len(labels) > 1000:
+        raise UsageError(f"{where}.labels: expected a list of the detector's labels, got {labels!r}")
+    return Cascade(
+        bundle=_str(value["bundle"], f"{where}.bundle"),
+        labels=tuple(_str(v, f"{where}.labels") for v in labels),
+        min_score=_number(float, 0.0, 1.0)(value.get("min_score", 0.0), f"{where}.min_score"),
+        max_boxes=_number(int, 1, 100)(value.get("max_boxes", 16), f"{where}.max_boxes"),
+        top_k=_number(int, 1, 100)(value.get("top_k", 1), f"{where}.top_k"),
+    )
+
+
+def stream_table(value: Any, where: str) -> StreamTable:
+    """One stream's table (TOML [[streams]] or a JSON body of POST /v1/streams), every key checked."""
+    if isinstance(value, StreamTable):
+        return value
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: expected a table with source (and id, bundle, fps, ...), got {value!r}")
+    parsers: dict[str, Parser] = {
+        "id": stream_id, "source": _source, "bundle": _str, "fps": BY_FIELD["fps"].parse,
+        "resolution": _resolution, "rotate": BY_FIELD["rotate"].parse, "loop": _bool, "realtime": _bool,
+        "queue": _queue, "cascade": _cascade,
+    }  # fmt: skip
+    fields = {}
+    for key, raw in value.items():
+        if key not in parsers:
+            raise UsageError(f"{where}: unknown key '{key}'; allowed: {', '.join(parsers)}")
+        fields[key] = parsers[key](raw, f"{where} {key}")
+    if "source" not in fields:
+        raise UsageError(f'{where}: a stream needs source = "rtsp://..." (or a file, folder, camera)')
+    return StreamTable(**fields)
+
+
+@_returns(tuple[StreamTable, ...])
+def _streams(value: Any, where: str) -> tuple[StreamTable, ...]:
+    if isinstance(value, dict) or not isinstance(value, (list, tuple)):
+        raise UsageError(f"{where}: expected [[streams]] tables (an array of tables), got {type(value).__name__}")
+    if len(value) > MAX_STREAMS:
+        raise UsageError(f"{where}: {len(value)} streams; at most {MAX_STREAMS} run in one daemon")
+    return tuple(stream_table(item, f"{where} #{i + 1}") for i, item in enumerate(value))
+
+
 @_returns(str)
 def _device_id(value: Any, where: str) -> str:
     text = _str(value, where)
@@ -211,9 +346,9 @@ class Option:
 
 KiB, MiB = 1024, 1024**2
 OPTIONS: tuple[Option, ...] = (
-    Option("--source", "source.uri", _source, None, "camera index (0), /dev/videoN, csi://N, a GStreamer pipeline "
-           "(with '!'), rtsp://, http(s):// MJPEG URL, video file, image folder or pattern ('frames/*.jpg')", "URI",
-           required="no source given: pass --source (e.g. 0, rtsp://..., video.mp4), or set [source] uri"),
+    Option("--source", "source.uri", _sources, None, "camera index (0), /dev/videoN, csi://N, a GStreamer pipeline "
+           "(with '!'), rtsp://, http(s):// MJPEG URL, video file, image folder or pattern ('frames/*.jpg'); "
+           "repeat it for several streams, each named ID=URI (default cam0, cam1, ...)", "[ID=]URI"),
     Option("--resolution", "source.resolution", _resolution, None, "capture size WIDTHxHEIGHT, each side 1 to "
            f"{MAX_RESOLUTION_SIDE}: asked of cameras, frames of other sources are resized to it", "WxH"),
     Option("--fps", "source.fps", _number(float, 0.01), None, "frame-rate cap: a live source's extra frames are "
@@ -235,6 +370,17 @@ OPTIONS: tuple[Option, ...] = (
            "when the source delivered no frame for this many seconds (a file read at the model's pace is not "
            "stalled while it waits for the model; with --fps, at least two frame intervals)", "S"),
     Option("--rtsp-transport", "source.rtsp_transport", _choice("tcp", "udp"), "tcp", "RTSP transport", "{tcp,udp}"),
+    Option("--scaled-decode", "source.scaled_decode", _bool, True, "decode JPEG and MJPEG frames at 1/2, 1/4 "
+           "or 1/8 of their size when the classifier's input still fits (libjpeg's DCT scaling); off: full size"),
+    Option("--queue", "source.queue", _queue, 1, "frames a stream keeps for inference: 'latest' (1, the newest "
+           "replaces an untaken one: no latency build-up) or a bounded queue of N (the oldest is dropped)", "latest|N"),
+    Option("--max-batch", "max_batch", _number(int, 1, 64), None, "frames of different streams on one bundle run "
+           "in one inference call, at most this many (one a stream per call; default: the batch the bundle's "
+           "compile measured fastest on this device, else 8)", "N"),
+    Option("--max-wait-ms", "max_wait_ms", _number(float, 0.0, 1000.0), 5.0, "longest wait after a batch's first "
+           "frame for the other connected streams' frames, in milliseconds (0: never wait)", "MS"),
+    Option("--max-streams", "max_streams", _number(int, 1, MAX_STREAMS), 16, "streams one daemon runs at most "
+           "(flags, config file and HTTP API together)", "N"),
     Option("--top-k", "top_k", _number(int, 1, 1000), 3, "labels in each result", "K"),
     Option("--device", "device", _str, None, "run on another device of the bundle's backend (OpenVINO: CPU, GPU, "
            "NPU)", "NAME"),
@@ -253,6 +399,9 @@ OPTIONS: tuple[Option, ...] = (
            "/v1/stream.mjpg", "N"),
     Option("--stream-quality", "http.stream_quality", _number(int, 10, 100), 80, "JPEG quality of "
            "/v1/stream.mjpg", "Q"),
+    Option("--api-file-root", "http.api_file_root", _str, None, "streams added through the HTTP API may read "
+           "video files and image folders under this folder only (without it: cameras and network URLs only)",
+           "DIR"),
     Option("--allow-host", "http.allow_hosts", _hosts, (), "more Host names the daemon answers to, comma "
            "separated (on loopback only 127.0.0.1, localhost and [::1] are accepted: DNS rebinding)", "NAMES"),
     Option("--max-pixels", "http.max_pixels", _number(int, 1, 500_000_000), 50_000_000, "largest image "
@@ -295,6 +444,11 @@ SECTIONS = {"source", "http", "mqtt", "jsonl"}
 
 BUNDLE = Option("bundle", BUNDLE_KEY, _str, None, "bundle folder or packed file",
                 required="no bundle given: pass BUNDLE, or set 'bundle' in the --config file")  # fmt: skip
+# Fields without a flag: the [[streams]] tables of the config file, and the file itself (SIGHUP reads it again).
+STREAMS = Option("streams", "streams", _streams, (), "[[streams]] tables: id, source, bundle, fps, resolution, "
+                 "rotate, loop, realtime, queue, cascade")  # fmt: skip
+CONFIG_FILE = Option("config_file", "config_file", _str, None, "the --config file, read again on SIGHUP")
+NO_FLAG = (BUNDLE, STREAMS, CONFIG_FILE)
 
 
 def settle_fields(instance: Any, owner: str) -> None:
@@ -321,13 +475,13 @@ def _post_init(self: Any) -> None:
     check(self)
 
 
-BY_FIELD: dict[str, Option] = {option.field: option for option in (BUNDLE, *OPTIONS)}
+BY_FIELD: dict[str, Option] = {option.field: option for option in (*NO_FLAG, *OPTIONS)}
 # Everything `edgekit serve` runs with: one field per option (and the bundle), made from OPTIONS so the
 # defaults and types cannot drift from the flags. Constructing one checks every value and the checks that
 # span options (UsageError naming the field); build_config makes one from the file, the flags and the env.
 ServeConfig = dataclasses.make_dataclass(
     "ServeConfig",
-    [(option.field, option.type, option_field(option.field)) for option in (BUNDLE, *OPTIONS)],
+    [(option.field, option.type, option_field(option.field)) for option in (*NO_FLAG, *OPTIONS)],
     namespace={"__post_init__": _post_init},
     frozen=True,
     kw_only=True,
@@ -378,10 +532,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         where = f"{path}: [{section}] {name}" if section else f"{path}: {key}"
         if key == BUNDLE_KEY:
             values[BUNDLE.field] = BUNDLE.parse(value, where)
+        elif key == STREAMS.key:
+            values[STREAMS.field] = STREAMS.parse(value, f"{path}: [[streams]]")
         elif key in by_key:
             values[by_key[key].field] = by_key[key].parse(value, where)
         else:
-            allowed = sorted(k for k in [*by_key, BUNDLE_KEY] if k.rpartition(".")[0] == section)
+            allowed = sorted(k for k in [*by_key, BUNDLE_KEY, STREAMS.key] if k.rpartition(".")[0] == section)
             scope = f"[{section}]" if section else "the top level"
             raise UsageError(f"{path}: unknown key '{key}'; allowed in {scope}: {', '.join(allowed)}")
     return values
@@ -418,6 +574,13 @@ def is_loopback(host: str) -> bool:
 
 def check(config: ServeConfig) -> None:
     """Checks that span options; each error names the options to change. ``ServeConfig`` runs it when built."""
+    if not config.source and not config.streams:
+        raise UsageError("no source given: pass --source (e.g. 0, rtsp://..., video.mp4), or set [source] uri or "
+                         "[[streams]] tables in the --config file")  # fmt: skip
+    count = len(config.source or ()) + len(config.streams)
+    if count > config.max_streams:
+        raise UsageError(f"{count} streams given, more than --max-streams {config.max_streams}: raise --max-streams "
+                         f"(at most {MAX_STREAMS}) or give fewer sources")  # fmt: skip
     if config.token is not None and len(config.token) < MIN_TOKEN_LENGTH:
         raise UsageError(
             f"the token (--token, {TOKEN_ENV} or [http] token) has {len(config.token)} characters; use at least "

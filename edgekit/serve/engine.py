@@ -46,6 +46,14 @@ class Inference:
     model: str
 
 
+@dataclass(frozen=True)
+class BatchInference:
+    predictions: list[TaskResult]  # one a frame, in order
+    seconds: float  # preprocess + infer + postprocess of the whole call
+    bundle_hash: str
+    model: str
+
+
 def summary(bundle: Bundle) -> dict[str, Any]:
     """The parts of a bundle's manifest a client of the daemon needs."""
     m = bundle.info
@@ -65,6 +73,20 @@ def summary(bundle: Bundle) -> dict[str, Any]:
         "selftest": None if st is None else {"passed": st.passed, "summary": st.describe()},
         "edgekit_version": m.edgekit_version,
     }
+
+
+def needed_size(engine: Engine):
+    """What a stream's decoder may decode a frame down to for this bundle (``decode.need_for``: a function of
+    the frame's size), or None: decode at full size. Only for classifiers: a detector's boxes are published
+    in the source frame's pixels, which a reduced frame would change."""
+    from edgekit.serve.decode import need_for
+
+    bundle = engine.bundle
+    if bundle.info.model.task != "classification":
+        return None
+    shape = bundle.input.shape
+    hw = (shape[2], shape[3]) if bundle.input.layout == "NCHW" else (shape[1], shape[2])
+    return need_for(bundle.preprocess_spec, (int(hw[0]), int(hw[1])))
 
 
 class Engine:
@@ -88,6 +110,15 @@ class Engine:
                                             sizes=[image.shape[:2]])[0]  # fmt: skip
             seconds = time.perf_counter() - start
         return Inference(prediction, seconds, bundle.hash, self.info["model"]["name"])
+
+    def run_batch(self, images: list[np.ndarray], *, top_k: int | None = None) -> BatchInference:
+        """HWC uint8 BGR images (of any sizes) -> their results in one inference call, and its time."""
+        with self._lock:
+            bundle = self.bundle
+            start = time.perf_counter()
+            predictions = bundle.predict_batch(images, top_k=top_k or self.top_k, color_order="BGR")
+            seconds = time.perf_counter() - start
+        return BatchInference(list(predictions), seconds, bundle.hash, self.info["model"]["name"])
 
     def prepare(self, image: np.ndarray) -> Prepared:
         """Preprocess outside the inference lock (the decode pool runs this), so the big image is freed at once."""

@@ -27,7 +27,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from edgekit.serve.dashboard import PAGE
+from edgekit.errors import EdgekitError, UsageError
+from edgekit.serve.dashboard import page
 from edgekit.serve.engine import StaleInput
 from edgekit.serve.images import MAX_PIXELS, BodyTimeout, BodyTooLarge, ImageRejected, inspect_upload, read_body
 from edgekit.serve.server import Busy, Stopping
@@ -70,7 +71,11 @@ class TokenAuth:
 # -- the request guard: Host, Origin, query parameters
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-QUERY = {"/v1/predict": ("top_k", "access_token")}  # every other path takes access_token alone
+QUERY = {"/v1/predict": ("top_k", "access_token"), "/v1/latest": ("stream", "access_token"),
+         "/v1/events": ("stream", "access_token"), "/v1/stream.mjpg": ("stream", "access_token")}  # fmt: skip
+# every other path takes access_token alone
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_STREAM_BODY = 64 * 1024  # a stream's JSON settings
 TOP_K = re.compile(r"[0-9]{1,4}")
 
 
@@ -120,6 +125,8 @@ def check_query(path: str, raw: bytes) -> str | None:
             return f"query parameter {key!r} has no value; write {key}=VALUE"
         if key == "top_k" and not (TOP_K.fullmatch(value) and 1 <= int(value) <= 1000):
             return f"top_k must be an integer from 1 to 1000 (ASCII digits), got {value[:40]!r}"
+        if key == "stream" and not STREAM_ID.fullmatch(value):
+            return f"stream must be a stream id (letters, digits, '.', '_', '-'), got {value[:40]!r}"
     return None
 
 
@@ -181,11 +188,85 @@ async def info(request: Request) -> Response:
     return JSONResponse(_daemon(request).info())
 
 
+def _stream_param(request: Request) -> str | None:
+    """``?stream=ID`` (checked by RequestGuard), or HTTPException 404 when no such stream runs."""
+    stream = request.query_params.get("stream")
+    if stream is not None and stream not in _daemon(request).streams:
+        raise HTTPException(404, f"no stream '{stream}' (GET /v1/streams lists them)")
+    return stream
+
+
 async def latest(request: Request) -> Response:
-    result = _daemon(request).hub.latest
+    stream, hub = _stream_param(request), _daemon(request).hub
+    result = hub.latest if stream is None else hub.latest_by_stream.get(stream)
     if result is None:
         return error(404, "no result yet: the source has not delivered a frame (see /readyz)")
     return JSONResponse(result)
+
+
+async def _table(request: Request) -> Any:
+    """The JSON body of a stream's settings, bounded, as a checked StreamTable; HTTPException 400 if not."""
+    from edgekit.serve.config import stream_table
+
+    if "application/json" not in request.headers.get("content-type", ""):
+        raise HTTPException(415, "send the stream's settings as JSON (Content-Type: application/json)")
+    try:
+        body = await read_body(request, limit=MAX_STREAM_BODY, timeout=_daemon(request).config.body_timeout)
+        data = json.loads(body)
+    except BodyTooLarge:
+        raise HTTPException(413, f"a stream's settings are at most {MAX_STREAM_BODY} bytes") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"the body is not JSON ({str(exc)[:100]}); send e.g. "
+                                 '{"id": "door", "source": "rtsp://cam.local/s"}') from exc  # fmt: skip
+    except (BodyTimeout, ClientDisconnect, ImageRejected) as exc:
+        raise HTTPException(400, f"the body did not arrive whole ({exc})") from exc
+    try:
+        return stream_table(data, "stream")
+    except UsageError as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+async def streams_list(request: Request) -> Response:
+    daemon = _daemon(request)
+    if request.method == "GET":
+        return JSONResponse({"streams": await run_in_threadpool(daemon.stream_status)})
+    table = await _table(request)
+    if table.id is not None and table.id in daemon.streams:
+        return error(409, f"stream '{table.id}' exists; change it with PUT /v1/streams/{table.id}")
+    if len(daemon.streams) >= daemon.config.max_streams:
+        return error(409, f"{len(daemon.streams)} streams run, the --max-streams limit; remove one first")
+    try:
+        status = await run_in_threadpool(daemon.add_stream, table)
+    except EdgekitError as exc:  # a bad source, or a bundle that does not load
+        return error(400, str(exc))
+    return JSONResponse(status, status_code=201)
+
+
+async def stream_one(request: Request) -> Response:
+    daemon = _daemon(request)
+    sid = request.path_params["id"]
+    if not STREAM_ID.fullmatch(sid) or sid not in daemon.streams:
+        return error(404, f"no stream '{sid[:64]}' (GET /v1/streams lists them)")
+    if request.method == "GET":
+        status = next((s for s in await run_in_threadpool(daemon.stream_status) if s["id"] == sid), None)
+        return JSONResponse(status) if status is not None else error(404, f"no stream '{sid}'")
+    if request.method == "DELETE":
+        try:
+            await run_in_threadpool(daemon.remove_stream, sid)
+        except KeyError:
+            return error(404, f"no stream '{sid}'")
+        daemon.hub.forget(sid)
+        return JSONResponse({"removed": sid})
+    table = await _table(request)
+    if table.id is not None and table.id != sid:
+        return error(400, f"the body's id '{table.id}' is not the URL's '{sid}'; a stream keeps its id")
+    try:
+        status = await run_in_threadpool(daemon.change_stream, sid, table)
+    except KeyError:
+        return error(404, f"no stream '{sid}'")
+    except EdgekitError as exc:
+        return error(400, f"{exc}; the stream runs on unchanged")
+    return JSONResponse(status)
 
 
 async def predict(request: Request) -> Response:
@@ -204,17 +285,18 @@ async def reload(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    return StreamingResponse(_sse(_daemon(request).hub), media_type="text/event-stream",
+    return StreamingResponse(_sse(_daemon(request).hub, _stream_param(request)), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
 
 
 async def stream(request: Request) -> Response:
-    return StreamingResponse(_mjpeg(_daemon(request).hub), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+    return StreamingResponse(_mjpeg(_daemon(request).hub, _stream_param(request)),
+                             media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                              headers={"Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})  # fmt: skip
 
 
 async def dashboard(request: Request) -> Response:
-    return HTMLResponse(PAGE)
+    return HTMLResponse(page(list(_daemon(request).streams)))
 
 
 async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -225,6 +307,8 @@ ROUTES = [
     Route("/", dashboard), Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
     Route("/v1/info", info), Route("/v1/latest", latest), Route("/v1/predict", predict, methods=["POST"]),
     Route("/v1/reload", reload, methods=["POST"]), Route("/v1/events", events), Route("/v1/stream.mjpg", stream),
+    Route("/v1/streams", streams_list, methods=["GET", "POST"]),
+    Route("/v1/streams/{id}", stream_one, methods=["GET", "PUT", "DELETE"]),
 ]  # fmt: skip
 
 
@@ -291,15 +375,16 @@ async def _predict(request: Request, daemon) -> tuple[int, Response]:
     return 200, JSONResponse(payload)
 
 
-async def _sse(hub):
+async def _sse(hub, stream: str | None = None):
     queue = hub.events.subscribe()
-    sent = 0  # the last seq sent: the latest result may also arrive through the queue
+    sent: dict[str, int] = {}  # per stream, the last seq sent: the latest result may also come through the queue
     try:
         yield b"retry: 2000\n\n"
-        latest = hub.latest
-        if latest is not None:
-            sent = latest["seq"]
-            yield f"data: {json.dumps(latest, separators=(',', ':'))}\n\n".encode()
+        latest = [hub.latest_by_stream.get(stream)] if stream else list(hub.latest_by_stream.values())
+        for message in latest:
+            if message is not None:
+                sent[message.get("stream", "cam0")] = message["seq"]
+                yield f"data: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
         while True:
             try:
                 item = await asyncio.wait_for(queue.get(), SSE_PING_SECONDS)
@@ -308,9 +393,11 @@ async def _sse(hub):
                 continue
             if item is None:
                 return
-            seq, data = item
-            if seq > sent:
-                sent = seq
+            seq, data, source = item
+            if stream is not None and source != stream:
+                continue
+            if seq > sent.get(source, 0):
+                sent[source] = seq
                 yield f"data: {data}\n\n".encode()
     finally:
         hub.events.unsubscribe(queue)
@@ -321,15 +408,17 @@ def _part(jpeg: bytes) -> bytes:
     return head + jpeg + b"\r\n"
 
 
-async def _mjpeg(hub):
-    queue = hub.frames.subscribe()
+async def _mjpeg(hub, stream: str | None = None):
+    channel = hub.frames_of(stream)
+    queue = channel.subscribe()
     try:
-        if hub.latest_jpeg is not None:
-            yield _part(hub.latest_jpeg)
+        first = hub.latest_jpeg if stream is None else hub.latest_jpeg_by_stream.get(stream)
+        if first is not None:
+            yield _part(first)
         while True:
             jpeg = await queue.get()
             if jpeg is None:
                 return
             yield _part(jpeg)
     finally:
-        hub.frames.unsubscribe(queue)
+        channel.unsubscribe(queue)

@@ -72,8 +72,9 @@ class MqttPublisher(Publisher):
         self.metrics = metrics
         self.qos = qos
         base = f"{self.broker.prefix}/{device_id}"
-        self.result_topic, self.status_topic = f"{base}/result", f"{base}/status"
-        self._buffer: collections.deque[bytes] = collections.deque()
+        self.base, self.status_topic = base, f"{base}/status"
+        self.result_topic = f"{base}/+/result"  # one topic a stream: PREFIX/DEVICE/STREAM/result
+        self._buffer: collections.deque[tuple[str, bytes]] = collections.deque()
         self._buffer_size = buffer
         self._buffer_bytes_limit = buffer_bytes
         self._buffer_bytes = 0
@@ -115,28 +116,31 @@ class MqttPublisher(Publisher):
                         self.broker.display(), reason_code, self._buffer_size)  # fmt: skip
 
     # -- the publisher's thread
-    def _keep(self, payload: bytes) -> None:
-        self._buffer.append(payload)
-        self._buffer_bytes += len(payload)
+    def _keep(self, item: tuple[str, bytes]) -> None:
+        self._buffer.append(item)
+        self._buffer_bytes += len(item[1])
         while len(self._buffer) > 1 and (
             len(self._buffer) > self._buffer_size or self._buffer_bytes > self._buffer_bytes_limit
         ):
-            self._buffer_bytes -= len(self._buffer.popleft())
+            self._buffer_bytes -= len(self._buffer.popleft()[1])
             self.metrics.publish_dropped.inc(publisher=self.name)
 
-    def _send(self, payload: bytes) -> bool:
-        info = self.client.publish(self.result_topic, payload, qos=self.qos)
+    def _send(self, item: tuple[str, bytes]) -> bool:
+        info = self.client.publish(item[0], item[1], qos=self.qos)
         return info.rc == self._mqtt.MQTT_ERR_SUCCESS
 
     def _flush(self) -> None:
         while self._buffer and self._connected.is_set():
             if not self._send(self._buffer[0]):
                 return
-            self._buffer_bytes -= len(self._buffer.popleft())
+            self._buffer_bytes -= len(self._buffer.popleft()[1])
+
+    def topic(self, result: Any) -> str:
+        return f"{self.base}/{getattr(result, 'stream', 'cam0')}/result"
 
     def deliver(self, result: Any) -> bool:
         """Send a result now (True), or buffer it until the broker is back (False)."""
-        payload = result.json.encode()
+        payload = (self.topic(result), result.json.encode())
         try:
             self._flush()
             if self._buffer or not self._connected.is_set():

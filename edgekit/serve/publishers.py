@@ -46,8 +46,9 @@ class Publisher:
         """False while results would only be discarded (e.g. a stream nobody watches): not even queued."""
         return True
 
-    def wants_image(self) -> bool:
-        """True while this publisher needs the frame itself (not only the result): only then is it handed one."""
+    def wants_image(self, result: Any = None) -> bool:
+        """True while this publisher needs the frame of ``result`` itself (not only the result): only then is it
+        handed one."""
         return False
 
     def idle(self) -> None:
@@ -153,7 +154,7 @@ class Fanout:
         frame now gets a copy carrying ``image``."""
         with_image = None
         for p in self.publishers:
-            if image is not None and p.publisher.wants_image():
+            if image is not None and p.publisher.wants_image(result):
                 if with_image is None:
                     with_image = dataclasses.replace(result, image=image)
                 p.offer(with_image)

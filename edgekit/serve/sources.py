@@ -8,6 +8,7 @@ fail at any time (a camera unplugged, a stream down): the capture loop then retr
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import stat
@@ -15,12 +16,18 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from edgekit.errors import UsageError
 from edgekit.serve.images import MAX_PIXELS, PNG_SIGNATURE, jpeg_size
+
+if TYPE_CHECKING:
+    from edgekit.serve.decode import MjpegReader, Need, Reductions
+
+log = logging.getLogger("edgekit.serve")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024  # a folder's image file larger than this is skipped unread
@@ -112,14 +119,55 @@ def parse_source(text: str | int, *, resolution: tuple[int, int] | None = None, 
     )
 
 
+_decoder_logged: set[str] = set()
+
+
+def _hardware_rtsp(spec: SourceSpec, timeout: float, rtsp_transport: str) -> tuple[cv2.VideoCapture, str] | None:
+    """An RTSP stream opened through GStreamer with a hardware H.264 decoder, if this OpenCV has GStreamer and
+    the registry lists one (``decode.choose_decoder``) and the pipeline opens; else None (FFmpeg decodes it)."""
+    from edgekit.serve.decode import choose_decoder, gst_rtsp_pipeline
+
+    choice = choose_decoder("h264") if opencv_has_gstreamer() else None
+    if choice is None or not choice.hardware:
+        if "software" not in _decoder_logged:
+            _decoder_logged.add("software")
+            why = "this OpenCV has no GStreamer" if choice is None else f"GStreamer has {choice.shown}"
+            log.info("RTSP sources are decoded in software by OpenCV's FFmpeg (%s)", why)
+        return None
+    try:
+        cap = cv2.VideoCapture(gst_rtsp_pipeline(spec.uri, choice, transport=rtsp_transport, timeout=timeout),
+                               cv2.CAP_GSTREAMER)  # fmt: skip
+    except (ValueError, cv2.error) as exc:
+        log.warning(
+            "source '%s': the %s pipeline cannot be made (%s); FFmpeg decodes it", spec.shown, choice.shown, exc
+        )
+        return None
+    if not cap.isOpened():
+        cap.release()
+        log.warning("source '%s' did not open with %s (not H.264?); FFmpeg decodes it", spec.shown, choice.shown)
+        return None
+    if choice.element not in _decoder_logged:
+        _decoder_logged.add(str(choice.element))
+        log.info("RTSP sources are decoded by %s", choice.shown)
+    return cap, choice.shown
+
+
 class CaptureReader:
-    """An OpenCV VideoCapture: camera, pipeline, network stream or video file."""
+    """An OpenCV VideoCapture: camera, pipeline, network stream or video file. ``decode`` names the decode
+    path: "opencv", or the GStreamer hardware decoder an RTSP stream was opened with."""
 
     def __init__(self, spec: SourceSpec, *, resolution: tuple[int, int] | None, fps: float | None,
                  timeout: float, rtsp_transport: str) -> None:  # fmt: skip
         self.spec = spec
         self.live = spec.live
-        self.cap = self._open(spec, resolution, fps, timeout, rtsp_transport)
+        self.decode = "opencv"
+        hardware = None
+        if spec.kind == "network" and spec.uri.lower().startswith(("rtsp://", "rtsps://")):
+            hardware = _hardware_rtsp(spec, timeout, rtsp_transport)
+        if hardware is not None:
+            self.cap, self.decode = hardware
+        else:
+            self.cap = self._open(spec, resolution, fps, timeout, rtsp_transport)
         if not self.cap.isOpened():
             self.cap.release()
             raise SourceError(f"cannot open {spec.kind} source '{spec.shown}'")
@@ -201,12 +249,14 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def read_image_file(path: str, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> np.ndarray:
+def read_image_file(path: str, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_IMAGE_FILE_BYTES,
+                    reductions: Reductions | None = None) -> np.ndarray:  # fmt: skip
     """Decode one image file, checking its size on disk and the pixel count its header declares first.
 
     Raises ValueError naming why the file is skipped. The file is opened non-blocking and must be a regular
     file (a FIFO put in the folder cannot hang the reader), and it is decoded from memory (OpenCV's imread
-    crashes on a file name that is not valid UTF-8).
+    crashes on a file name that is not valid UTF-8). With ``reductions`` (``decode.Reductions``), a JPEG is
+    decoded at the reduction its size calls for (``decode.decode_jpeg``: DCT scaling, strict).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -227,6 +277,15 @@ def read_image_file(path: str, *, max_pixels: int = MAX_PIXELS, max_bytes: int =
     width, height = size
     if width < 1 or height < 1 or width * height > max_pixels:
         raise ValueError(f"declares {width}x{height} pixels; at most {max_pixels:,} pixels are decoded")
+    if reductions is not None and data.startswith(b"\xff\xd8\xff"):
+        from edgekit.serve.decode import BadFrame, decode_jpeg
+
+        try:
+            return decode_jpeg(data, reductions((height, width)), max_pixels=max_pixels)
+        except BadFrame as exc:
+            raise ValueError(str(exc)) from exc
+    if reductions is not None:
+        reductions.unreduced((height, width))
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or not image.size:
         raise ValueError("could not be decoded (corrupt data)")
@@ -237,13 +296,17 @@ SkipHandler = Callable[[str, str], None]
 
 
 class ImageReader:
-    """Image files in sorted order; a file that is too large, unreadable or corrupt is skipped (reported)."""
+    """Image files in sorted order; a file that is too large, unreadable or corrupt is skipped (reported).
+    With ``need`` (see ``open_reader``), JPEGs are decoded at the reduction their size calls for."""
 
     live = False
     nominal_fps = None
 
-    def __init__(self, spec: SourceSpec, on_skip: SkipHandler | None = None) -> None:
+    def __init__(self, spec: SourceSpec, on_skip: SkipHandler | None = None, *, need: Need | None = None) -> None:
+        from edgekit.serve.decode import Reductions
+
         self.spec = spec
+        self.reductions = Reductions(need) if need is not None else None
         self.files = _image_files(spec.uri) if spec.uri != spec.files[0] else spec.files
         if not self.files:
             raise SourceError(f"source '{spec.shown}' holds no images now")
@@ -256,30 +319,54 @@ class ImageReader:
             path = self.files[self.index]
             self.index += 1
             try:
-                return read_image_file(path)
+                return read_image_file(path, reductions=self.reductions)
             except ValueError as exc:
                 self.skipped += 1
                 if self.on_skip is not None:
                     self.on_skip(path, str(exc))
         return None
 
+    @property
+    def decode(self) -> str:
+        """The decode path: "opencv", or the JPEG reduction last used (PNG, BMP and WebP files still go
+        through OpenCV at full size)."""
+        return "opencv" if self.reductions is None else self.reductions.decode
+
     def close(self) -> None:
         self.index = len(self.files)
 
 
-Reader = CaptureReader | ImageReader
+Reader = CaptureReader | ImageReader  # or decode.MjpegReader, which has the same read/close/live/nominal_fps/decode
 
 
 def open_reader(spec: SourceSpec, *, resolution: tuple[int, int] | None = None, fps: float | None = None,
-                timeout: float = 10.0, rtsp_transport: str = "tcp", on_skip: SkipHandler | None = None) -> Reader:  # fmt: skip
+                timeout: float = 10.0, rtsp_transport: str = "tcp", on_skip: SkipHandler | None = None,
+                need: Need | None = None) -> Reader | MjpegReader:  # fmt: skip
     """Open a source now, or raise SourceError (the caller retries). ``on_skip(path, why)`` hears of every
-    image-folder file skipped."""
+    image-folder file (or MJPEG frame) skipped.
+
+    ``need``: the (height, width) the model's preprocessing resizes a frame to, or a function of the frame's
+    (height, width) giving it (``decode.need_for(preprocess, input_hw)``). When given, an MJPEG video file
+    or stream, and the JPEGs of an image folder or pattern, are decoded at 1/2, 1/4 or 1/8 in the DCT
+    domain when that still covers it (``decode.reduction``): frames then come smaller than the source's.
+    Other sources, and every source without ``need``, are read as before. ``reader.decode`` names the path.
+    """
     if spec.kind == "images":
-        return ImageReader(spec, on_skip)
+        return ImageReader(spec, on_skip, need=need)
     try:
-        return CaptureReader(spec, resolution=resolution, fps=fps, timeout=timeout, rtsp_transport=rtsp_transport)
+        reader = CaptureReader(spec, resolution=resolution, fps=fps, timeout=timeout, rtsp_transport=rtsp_transport)
     except cv2.error as exc:
         raise SourceError(f"cannot open {spec.kind} source '{spec.shown}': {exc}") from exc
+    if need is None or spec.kind not in ("video", "network") or reader.decode != "opencv":
+        return reader
+    from edgekit.serve.decode import MjpegReader
+
+    try:
+        mjpeg = MjpegReader.wrap(reader, need, on_skip)
+    except (cv2.error, SourceError) as exc:
+        reader.close()
+        raise SourceError(f"cannot read the MJPEG frames of source '{spec.shown}': {exc}") from exc
+    return reader if mjpeg is None else mjpeg
 
 
 _ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}

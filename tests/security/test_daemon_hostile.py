@@ -328,7 +328,7 @@ def test_publisher_queues_are_bounded_in_bytes_and_hold_no_frame():
         name = "viewer"
         queue_bytes = 10 * MB
 
-        def wants_image(self) -> bool:
+        def wants_image(self, result=None) -> bool:
             return True
 
     metrics = Metrics()

@@ -41,7 +41,7 @@ max_bytes = 65536
 """,
     )
     config = build_config(file_values=load_toml(path), flag_values=parse_flags({"port": "9100", "loop": False}))
-    assert config.bundle == "m.edgekit" and config.source == "0" and config.fps == 12.5
+    assert config.bundle == "m.edgekit" and config.source == ("0",) and config.fps == 12.5
     assert config.resolution == (640, 480) and config.loop is False and config.port == 9100  # flags win
     assert config.max_body == 2 * 1024 * 1024 and config.mqtt_qos == 2 and config.jsonl_max_bytes == 65536
     assert config.top_k == 5 and config.device_id == "cam-01" and config.host == "127.0.0.1"
@@ -98,7 +98,7 @@ def test_help_documents_every_option():
     for option in OPTIONS:
         section, _, name = option.key.rpartition(".")
         assert option.flag in text and (f"[{section}] {name}" if section else f"TOML: {name}") in text, option.flag
-    for word in ("--config", "/v1/stream.mjpg", "EDGEKIT_SERVE_TOKEN", "SIGHUP", "PREFIX/DEVICE_ID/result"):
+    for word in ("--config", "/v1/stream.mjpg", "EDGEKIT_SERVE_TOKEN", "SIGHUP", "PREFIX/DEVICE_ID/STREAM_ID/result"):
         assert word in text
 
 
@@ -134,19 +134,19 @@ def test_serve_config_fields_are_the_options():
     """One field per option (plus the bundle), in order, with the option's default and its parser's type."""
     import dataclasses
 
-    from edgekit.serve.config import BUNDLE, ServeConfig
+    from edgekit.serve.config import NO_FLAG, ServeConfig
 
     fields = dataclasses.fields(ServeConfig)
-    assert [f.name for f in fields] == [BUNDLE.field, *(o.field for o in OPTIONS)]
-    for item, option in zip(fields, (BUNDLE, *OPTIONS), strict=True):
+    assert [f.name for f in fields] == [*(o.field for o in NO_FLAG), *(o.field for o in OPTIONS)]
+    for item, option in zip(fields, (*NO_FLAG, *OPTIONS), strict=True):
         assert item.metadata["option"] is option and item.default == option.default and item.kw_only
         assert item.type == option.type, option.flag
     assert dataclasses.is_dataclass(ServeConfig) and ServeConfig.__module__ == "edgekit.serve.config"
     config = ServeConfig(bundle="m", source="0")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.top_k = 5  # type: ignore[misc]
-    defaults = {o.field: o.default for o in OPTIONS if o.factory is None and not o.required}
-    assert {name: getattr(config, name) for name in defaults} == defaults
+    defaults = {o.field: o.default for o in OPTIONS if o.factory is None and not o.required and o.field != "source"}
+    assert {name: getattr(config, name) for name in defaults} == defaults and config.source == ("0",)
     assert config.device_id and config.device_id == OPTIONS[[o.field for o in OPTIONS].index("device_id")].factory()
 
 
@@ -173,7 +173,7 @@ def test_serve_config_built_in_code_takes_typed_values():
 
     config = ServeConfig(bundle=" m.edgekit ", source=0, resolution=(640, 480), allow_host=["Cam.Local"], fps=15,
                          max_body="2MiB", log_level="DEBUG", rotate=90, top_k=None)  # fmt: skip
-    assert config.bundle == "m.edgekit" and config.source == "0" and config.resolution == (640, 480)
+    assert config.bundle == "m.edgekit" and config.source == ("0",) and config.resolution == (640, 480)
     assert config.allow_host == ("cam.local",) and config.fps == 15.0 and isinstance(config.fps, float)
     assert config.max_body == 2 * 1024**2 and config.log_level == "debug" and config.rotate == 90
     assert config.top_k == 3  # None is "not given": the default

@@ -10,7 +10,7 @@ import pytest
 from serve_support import LABELS, require_tool, run_cli, serve_bundle, start_daemon, video_file, wait_until  # noqa: F401
 from services import Broker, Watcher, broker  # noqa: F401
 
-RESULT_KEYS = {"device", "seq", "captured_at", "captured_unix", "inference_ms", "e2e_ms", "fps", "label", "score",
+RESULT_KEYS = {"device", "stream", "batch", "seq", "captured_at", "captured_unix", "inference_ms", "e2e_ms", "fps", "label", "score",
                "top_k", "model", "bundle"}  # fmt: skip
 
 
@@ -57,7 +57,7 @@ def test_last_will_when_the_daemon_dies_and_qos_0(broker, start_daemon, serve_bu
 
 @pytest.mark.slow
 def test_broker_killed_and_restarted(broker, start_daemon, serve_bundle, video_file):  # noqa: F811
-    watcher = Watcher(broker, "factory/cam1/result")
+    watcher = Watcher(broker, "factory/cam1/cam0/result")
     try:
         daemon = start_daemon(_serve_args(serve_bundle, video_file, "--mqtt", broker.url(), "--mqtt-buffer", "10"))
         wait_until(lambda: watcher.results(), timeout=20, what="results before the outage")
@@ -96,7 +96,7 @@ def test_wrong_password_is_logged_and_survived(broker, start_daemon, serve_bundl
 
 @pytest.mark.slow
 def test_password_from_the_environment(broker, start_daemon, serve_bundle, video_file):  # noqa: F811
-    watcher = Watcher(broker, "factory/cam1/result")
+    watcher = Watcher(broker, "factory/cam1/cam0/result")
     try:
         from services import MQTT_PASSWORD
 

@@ -102,7 +102,7 @@ def test_predict_gives_boxes_in_the_source_images_pixels(bundles, tmp_path):
                          color_order="BGR")  # fmt: skip
     # a 2x upscale, decoded from (nearly) the same 128x128 input: every box has its double, same class (the
     # order may differ where two scores are close)
-    for box, cls in zip(small.boxes[:3], small.class_ids[:3]):
+    for box, cls in zip(small.boxes[:3], small.class_ids[:3], strict=True):
         gap = np.abs(big.boxes - 2 * box).max(axis=1)
         assert gap.min() < 6.0 and big.class_ids[gap.argmin()] == cls, (box, big.boxes[:5])
     assert wide.boxes[:, 2].max() <= 192 and wide.class_ids[0] == small.class_ids[0]
